@@ -1,0 +1,664 @@
+"""Every pixel of the toolkit: finding images, decoding them once into a cached array, batching,
+augmentation and normalisation. Training and predict.py both read images through this module.
+
+    python data.py fashion-mnist data/fashion-mnist   # write the demo competition
+    python data.py info DIR                            # show what a dataset folder holds
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import gzip
+import hashlib
+import json
+import logging
+import math
+import os
+import queue
+import re
+import shutil
+import sys
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+log = logging.getLogger("imgcomp")
+
+IMG_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+ID_COLUMNS = ("id", "image", "image_id", "filename", "file", "path", "file_name", "image_name", "img")
+LABEL_COLUMNS = ("label", "class", "target", "category", "labels", "class_name")
+CACHE_VERSION = 1
+
+
+class DataError(ValueError):
+    """A problem with the user's data, with a message that names the file, row or flag at fault."""
+
+
+def natural_key(text: str):
+    """Sort key that puts "img2" before "img10" and "2" before "10"."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part.lower()) for part in re.split(r"(\d+)", str(text))]
+
+
+def is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMG_EXTENSIONS
+
+
+def _listing(items, limit=10) -> str:
+    items = [str(i) for i in items]
+    shown = "\n  ".join(items[:limit])
+    more = f"\n  ... and {len(items) - limit} more" if len(items) > limit else ""
+    return f"\n  {shown}{more}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Finding the images of a dataset folder
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class LabelledImages:
+    """Training images of a dataset folder: files, integer labels and the class names they index."""
+    files: list[Path]
+    labels: np.ndarray
+    class_names: list[str]
+    layout: str
+    notes: list[str] = field(default_factory=list)
+
+
+def _scan_images(folder: Path, notes: list[str]) -> list[tuple[str, Path]]:
+    """(relative posix path, path) of every image below `folder`, in natural order; other files are
+    noted and ignored. Plain strings, not pathlib, since datasets hold 10^5+ files."""
+    found, others = [], []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]  # e.g. our own .cache
+        rel_dir = os.path.relpath(dirpath, folder).replace(os.sep, "/")
+        for name in filenames:
+            if name.startswith("."):
+                continue
+            if os.path.splitext(name)[1].lower() in IMG_EXTENSIONS:
+                found.append((name if rel_dir == "." else f"{rel_dir}/{name}", dirpath, name))
+            else:
+                others.append(os.path.join(dirpath, name))
+    if others:
+        notes.append(f"ignored {len(others)} non-image file(s) in {folder}:{_listing(sorted(others), 5)}")
+    found.sort(key=lambda item: natural_key(item[0]))
+    return [(rel, Path(dirpath, name)) for rel, dirpath, name in found]
+
+
+def _image_files(folder: Path, notes: list[str]) -> list[Path]:
+    return [path for _, path in _scan_images(folder, notes)]
+
+
+def _pick_column(header: list[str], wanted: str | None, candidates, what: str, flag: str, csv_path: Path) -> str:
+    if wanted is not None:
+        if wanted not in header:
+            raise DataError(f"{csv_path}: {flag} {wanted!r} is not a column; the columns are {header}")
+        return wanted
+    lower = {h.strip().lower(): h for h in header}
+    for name in candidates:
+        if name in lower:
+            return lower[name]
+    raise DataError(f"{csv_path}: no {what} column found among {header}; "
+                    f"expected one of {list(candidates)} or name it with {flag}")
+
+
+def find_labelled_images(root: str | Path, id_col: str | None = None, label_col: str | None = None) -> LabelledImages:
+    """Find the training images of `root` in either layout (detected automatically):
+    `root/train.csv` + `root/train/` (or `root/images/`), or `root/train/<class name>/<image>`."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"dataset folder {root} does not exist")
+    notes: list[str] = []
+    csv_path = root / "train.csv"
+    if csv_path.is_file():
+        files, names = _read_train_csv(root, csv_path, id_col, label_col, notes)
+        layout = "csv"
+    else:
+        train_dir = root / "train"
+        if not train_dir.is_dir():
+            raise DataError(f"{root} has neither train.csv nor a train/ folder of class folders")
+        class_dirs = [d for d in train_dir.iterdir() if d.is_dir() and not d.name.startswith(".")]
+        if not class_dirs:
+            raise DataError(f"{train_dir} has no class folders (expected train/<class name>/<image>) "
+                            f"and {root} has no train.csv")
+        loose = [p for p in train_dir.iterdir() if p.is_file()]
+        if loose:
+            notes.append(f"ignored {len(loose)} file(s) directly in {train_dir} (not in a class folder)")
+        files, names = [], []
+        for class_dir in class_dirs:
+            found = _image_files(class_dir, notes)
+            if not found:
+                raise DataError(f"class folder {class_dir} holds no images "
+                                f"(extensions: {' '.join(sorted(IMG_EXTENSIONS))})")
+            files += found
+            names += [class_dir.name] * len(found)
+        layout = "folder"
+    class_names = sorted(set(names), key=natural_key)
+    if len(class_names) < 2:
+        raise DataError(f"{root}: found {len(class_names)} class(es) {class_names}; a classifier needs at least two")
+    index = {name: i for i, name in enumerate(class_names)}
+    labels = np.array([index[n] for n in names], dtype=np.int64)
+    if layout == "folder":  # a stable order regardless of the file system's listing order
+        order = sorted(range(len(files)), key=lambda i: (labels[i], natural_key(files[i].name)))
+        files, labels = [files[i] for i in order], labels[order]
+    return LabelledImages(files, labels, class_names, layout, notes)
+
+
+def _check_id(raw: str, where: str) -> str:
+    ident = raw.strip()
+    if not ident:
+        raise DataError(f"{where}: empty id")
+    if os.path.isabs(ident) or ident.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", ident) \
+            or ".." in re.split(r"[\\/]", ident):
+        raise DataError(f"{where}: id {ident!r} points outside the data folder (absolute path or '..')")
+    return ident.replace("\\", "/")
+
+
+def _id_keys(rel: str) -> list[str]:
+    """The ways an id may name the file `rel`: as it is, with its extension in lower case, or without it."""
+    stem, ext = os.path.splitext(rel)
+    if ext.lower() not in IMG_EXTENSIONS:
+        return [rel]
+    return [rel, stem + ext.lower(), stem]
+
+
+class FileIndex:
+    """Looks up ids in an image folder: the relative path, with or without its extension, in any letter
+    case of the extension."""
+
+    def __init__(self, folder: Path, notes: list[str]):
+        self.folder = folder
+        scanned = _scan_images(folder, notes) if folder.is_dir() else []
+        self.files = [path for _, path in scanned]
+        self.by_key: dict[str, Path] = {}
+        self.ambiguous: set[str] = set()
+        for rel, path in scanned:
+            for key in _id_keys(rel):
+                if self.by_key.setdefault(key, path) is not path:
+                    self.ambiguous.add(key)
+
+    def find(self, ident: str) -> Path | None:
+        prefix = self.folder.name + "/"
+        for candidate in (ident, ident[len(prefix):] if ident.startswith(prefix) else None):  # "train/abc.png"
+            for key in _id_keys(candidate) if candidate else []:
+                if key in self.ambiguous:
+                    raise DataError(f"id {ident!r} matches several files in {self.folder}; give the extension")
+                if key in self.by_key:
+                    return self.by_key[key]
+        return None
+
+
+def read_csv_rows(csv_path: Path) -> tuple[list[str], list[dict]]:
+    """A CSV's header and rows; a clear error for an empty or unreadable file."""
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            header = list(reader.fieldnames or [])
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"{csv_path}: not a readable CSV file ({e})") from None
+    if not header:
+        raise DataError(f"{csv_path}: empty file (no header row)")
+    return header, rows
+
+
+def _read_train_csv(root: Path, csv_path: Path, id_col, label_col, notes) -> tuple[list[Path], list[str]]:
+    header, rows = read_csv_rows(csv_path)
+    id_col = _pick_column(header, id_col, ID_COLUMNS, "id", "--id-col", csv_path)
+    label_col = _pick_column(header, label_col, LABEL_COLUMNS, "label", "--label-col", csv_path)
+    image_dir = next((d for d in (root / "train", root / "images") if d.is_dir()), None)
+    if image_dir is None:
+        raise DataError(f"{csv_path} found but no image folder: expected {root / 'train'} or {root / 'images'}")
+    index = FileIndex(image_dir, notes)
+    files, names, missing, seen, duplicates = [], [], [], {}, []
+    for line, row in enumerate(rows, start=2):  # line 1 is the header
+        where = f"{csv_path} line {line}"
+        ident = _check_id(row.get(id_col) or "", where)
+        label = (row.get(label_col) or "").strip()
+        if not label:
+            raise DataError(f"{where}: empty label for id {ident!r}")
+        if ident in seen:
+            duplicates.append(f"line {line}: {ident!r} (first on line {seen[ident]})")
+            continue
+        seen[ident] = line
+        path = index.find(ident)
+        if path is None:
+            missing.append(f"line {line}: {ident!r}")
+            continue
+        files.append(path)
+        names.append(label)
+    if duplicates:
+        raise DataError(f"{csv_path}: {len(duplicates)} duplicate id(s):{_listing(duplicates)}")
+    if missing:
+        raise DataError(f"{csv_path}: {len(missing)} row(s) name an image not found in {image_dir}:{_listing(missing)}")
+    if not files:
+        raise DataError(f"{csv_path}: no rows")
+    unused = len(index.files) - len(files)
+    if unused > 0:
+        notes.append(f"{unused} image(s) in {image_dir} are not listed in {csv_path.name} and are not used")
+    return files, names
+
+
+def find_test_images(root: str | Path) -> list[Path]:
+    """The unlabelled images of `root/test/`, in natural order."""
+    test_dir = Path(root) / "test"
+    if not test_dir.is_dir():
+        raise DataError(f"no test folder: {test_dir} does not exist")
+    notes: list[str] = []
+    files = _image_files(test_dir, notes)
+    for note in notes:
+        log.info(note)
+    if not files:
+        raise DataError(f"{test_dir} holds no images")
+    return files
+
+
+# ----------------------------------------------------------------------------------------------
+# Decoding once, into a memory-mapped cache
+# ----------------------------------------------------------------------------------------------
+
+def decode_image(path: Path, img_size: int, channels: int | None) -> np.ndarray:
+    """One image file as a uint8 array of shape (C, S, S), RGB or gray. The only BGR->RGB conversion
+    of the toolkit. `channels` None keeps the file's own (1 for gray, 3 for colour)."""
+    data = np.fromfile(str(path), dtype=np.uint8)
+    if data.size == 0:
+        raise ValueError("empty file")
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise ValueError("cannot decode (truncated, corrupt or not an image)")
+    if img.dtype == np.uint16:
+        img = (img.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
+    elif img.dtype != np.uint8:  # float TIFFs: assume 0..1
+        img = (np.clip(img.astype(np.float32), 0, 1) * 255 + 0.5).astype(np.uint8)
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    elif img.ndim == 3 and img.shape[2] == 2:  # gray + alpha
+        img = img[:, :, 0]
+    elif img.ndim == 3 and img.shape[2] == 4:
+        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
+    elif img.ndim == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    if channels == 1 and img.ndim == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+    elif channels == 3 and img.ndim == 2:
+        img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+    if img.shape[0] != img_size or img.shape[1] != img_size:
+        shrink = img.shape[0] > img_size or img.shape[1] > img_size
+        img = cv2.resize(img, (img_size, img_size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    return img[None] if img.ndim == 2 else img.transpose(2, 0, 1)
+
+
+@dataclass
+class ImageArray:
+    """Decoded images: `pixels` is a (N, C, S, S) uint8 array (memory-mapped from the cache);
+    `bad` maps the index of each file that could not be read to the reason."""
+    pixels: np.ndarray
+    files: list[Path]
+    bad: dict[int, str]
+
+    @property
+    def channels(self) -> int:
+        return self.pixels.shape[1]
+
+    def good_indices(self) -> np.ndarray:
+        return np.array([i for i in range(len(self.files)) if i not in self.bad], dtype=np.int64)
+
+    def raise_if_bad(self):
+        if self.bad:
+            items = [f"{self.files[i]}: {why}" for i, why in sorted(self.bad.items())]
+            raise DataError(f"{len(items)} image file(s) cannot be read:{_listing(items)}\n"
+                            "fix or remove them, or pass --skip-bad to leave them out")
+
+
+def default_cache_dir(root: Path) -> Path:
+    return Path(os.environ.get("IMGCOMP_CACHE") or (Path(root) / ".cache"))
+
+
+def _cache_key(files: list[Path], img_size: int, channels: int | None) -> tuple[str, str]:
+    names, full = hashlib.sha256(), hashlib.sha256()
+    head = f"v{CACHE_VERSION}|{img_size}|{channels}|"
+    names.update(head.encode())
+    full.update(head.encode())
+    for path in files:
+        st = os.stat(path)
+        text = os.path.abspath(path)
+        names.update(text.encode() + b"\0")
+        full.update(f"{text}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+    return names.hexdigest()[:12], full.hexdigest()[:12]
+
+
+def load_images(files: list[Path], img_size: int, channels: int | None = None, cache_dir: str | Path | None = None,
+                workers: int | None = None, progress: bool = True, desc: str = "decoding") -> ImageArray:
+    """Decode `files` once into a (N, C, S, S) uint8 array cached on disk, and memory-map it.
+
+    The cache is keyed by the file paths, sizes, modification times, the image size and the channel
+    request, so a changed file decodes again. `channels` None: 1 if every image is gray, else 3."""
+    if not files:
+        raise DataError("no image files to load")
+    if cache_dir is None:
+        cache_dir = default_cache_dir(files[0].parent)
+    cache_dir = Path(cache_dir)
+    names_key, full_key = _cache_key(files, img_size, channels)
+    stem = cache_dir / f"images-{img_size}px-{names_key}-{full_key}"
+    meta_path, npy_path = stem.with_suffix(".json"), stem.with_suffix(".npy")
+    if meta_path.is_file() and npy_path.is_file():
+        try:
+            meta = json.loads(meta_path.read_text())
+            pixels = np.load(npy_path, mmap_mode="r")
+            if pixels.shape[0] == len(files):
+                return ImageArray(pixels, files, {int(k): v for k, v in meta["bad"].items()})
+        except (ValueError, KeyError, OSError):
+            pass  # a damaged cache is rebuilt below
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    pixels, bad = _decode_all(files, img_size, channels, cache_dir, workers, progress, desc)
+    # The array is complete before its metadata exists, and both appear by atomic renames.
+    tmp_npy = pixels.filename
+    pixels.flush()
+    del pixels
+    os.replace(tmp_npy, npy_path)
+    _atomic_write_text(meta_path, json.dumps({"files": len(files), "img_size": img_size, "bad": bad}))
+    for old in cache_dir.glob(f"images-{img_size}px-{names_key}-*"):  # superseded versions of this file list
+        if old.stem != stem.name:
+            old.unlink(missing_ok=True)
+    return ImageArray(np.load(npy_path, mmap_mode="r"), files, {int(k): v for k, v in bad.items()})
+
+
+def _decode_all(files, img_size, channels, cache_dir, workers, progress, desc):
+    n = len(files)
+    workers = workers or min(16, (os.cpu_count() or 1) + 2)
+
+    def new_array(c):
+        fd, name = tempfile.mkstemp(dir=cache_dir, suffix=".npy.tmp")
+        os.close(fd)
+        return np.lib.format.open_memmap(name, mode="w+", dtype=np.uint8, shape=(n, c, img_size, img_size))
+
+    def decode(i):
+        try:
+            return i, decode_image(files[i], img_size, channels), None
+        except Exception as e:  # noqa: BLE001 - every failure is reported with its file
+            return i, None, str(e)
+
+    pixels = new_array(channels or 1)
+    bad: dict[str, str] = {}
+    window = workers * 64  # bounded look-ahead: decoded images are written as they arrive
+    try:
+        with ThreadPoolExecutor(workers) as pool, tqdm(total=n, desc=desc, unit="img", disable=not progress,
+                                                       leave=False) as bar:
+            for start in range(0, n, window):
+                for i, img, err in pool.map(decode, range(start, min(n, start + window))):
+                    bar.update()
+                    if err is not None:
+                        bad[str(i)] = err
+                        continue
+                    if img.shape[0] != pixels.shape[1]:  # first colour image: the dataset becomes RGB
+                        wider = new_array(3)
+                        for s in range(0, i, 4096):
+                            wider[s:min(i, s + 4096)] = pixels[s:min(i, s + 4096)]
+                        os.unlink(pixels.filename)
+                        pixels = wider
+                        if img.shape[0] == 1:
+                            img = np.repeat(img, 3, axis=0)
+                    elif pixels.shape[1] == 3 and img.shape[0] == 1:
+                        img = np.repeat(img, 3, axis=0)
+                    pixels[i] = img
+    except BaseException:
+        os.unlink(pixels.filename)
+        raise
+    return pixels, bad
+
+
+def _atomic_write_text(path: Path, text: str):
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Splits, statistics, batches and augmentation
+# ----------------------------------------------------------------------------------------------
+
+def stratified_split(labels: np.ndarray, val_split: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, val) holding out `val_split` of each class; the same for the same seed."""
+    if not 0 <= val_split < 1:
+        raise DataError(f"--val-split must be in [0, 1), got {val_split}")
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        rng.shuffle(idx)
+        n_val = int(round(len(idx) * val_split))
+        if val_split > 0 and len(idx) >= 2:
+            n_val = min(max(n_val, 1), len(idx) - 1)  # every class in both parts when it can be
+        val.append(idx[:n_val])
+        train.append(idx[n_val:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+def channel_stats(pixels: np.ndarray, indices: np.ndarray, chunk: int = 4096) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std (in 0..1 units) of the images `indices`."""
+    c = pixels.shape[1]
+    total, total_sq, count = np.zeros(c), np.zeros(c), 0
+    for s in range(0, len(indices), chunk):
+        batch = pixels[np.sort(indices[s:s + chunk])].astype(np.float64) / 255.0
+        total += batch.sum(axis=(0, 2, 3))
+        total_sq += (batch ** 2).sum(axis=(0, 2, 3))
+        count += batch.shape[0] * batch.shape[2] * batch.shape[3]
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean ** 2, 0)) + 1e-6
+    return [float(m) for m in mean], [float(s) for s in std]
+
+
+def iterate_batches(pixels: np.ndarray, labels: np.ndarray | None, indices: np.ndarray, batch_size: int,
+                    shuffle: bool = False, seed: int = 0, epoch: int = 0, drop_last: bool = False,
+                    start_step: int = 0, rank: int = 0, world_size: int = 1):
+    """Yield (uint8 images, labels) batches gathered from the cached array by index.
+
+    The order of an epoch depends only on (seed, epoch), so a resumed run sees the same batches. Each of
+    `world_size` processes takes its share of every batch."""
+    indices = np.asarray(indices)
+    if shuffle:
+        indices = np.random.default_rng([seed, epoch]).permutation(indices)
+    n_steps = len(indices) // batch_size if drop_last and len(indices) >= batch_size else math.ceil(len(indices) / batch_size)
+    for step in range(start_step, n_steps):
+        idx = np.sort(indices[step * batch_size:(step + 1) * batch_size][rank::world_size])
+        x = torch.from_numpy(np.ascontiguousarray(pixels[idx]))
+        y = torch.from_numpy(labels[idx]) if labels is not None else torch.from_numpy(idx)
+        yield x, y
+
+
+def count_batches(n: int, batch_size: int, drop_last: bool) -> int:
+    return n // batch_size if drop_last and n >= batch_size else math.ceil(n / batch_size)
+
+
+def prefetch(batches, device: torch.device, depth: int = 2):
+    """Gather the next batches on a background thread and move them to `device` while the current one
+    trains."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+    pin = device.type == "cuda"
+
+    def work():
+        try:
+            for x, y in batches:
+                if stop.is_set():
+                    return
+                if pin:
+                    x, y = x.pin_memory(), y.pin_memory()
+                q.put((x, y))
+            q.put(done)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
+            q.put(e)
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            x, y = item
+            yield x.to(device, non_blocking=pin), y.to(device, non_blocking=pin)
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(0.01)
+
+
+@dataclass
+class Augment:
+    """Batch augmentation on the training device: random horizontal flip and random rotation."""
+    hflip: bool = True
+    rotate: float = 0.0  # maximum angle in degrees, either way
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """x: float images in 0..1, (B, C, H, W)."""
+        b = x.shape[0]
+        if self.hflip:
+            flip = torch.rand(b, device=x.device) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(3), x)
+        if self.rotate > 0:
+            angle = (torch.rand(b, device=x.device) * 2 - 1) * math.radians(self.rotate)
+            cos, sin, zero = torch.cos(angle), torch.sin(angle), torch.zeros_like(angle)
+            theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+            grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+            x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        return x
+
+
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    return x.float().div_(255.0)
+
+
+def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """Float images in 0..1 to zero-mean unit-std per channel (mean/std from the training images)."""
+    mean = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    std = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return (x - mean) / std
+
+
+# ----------------------------------------------------------------------------------------------
+# The demo competition
+# ----------------------------------------------------------------------------------------------
+
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") as f:
+        raw = f.read()
+    dims = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(dims))
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
+
+
+def _fashion_mnist_arrays(source: Path | None):
+    source = source or FASHION_MNIST_DIR
+    names = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+             "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
+    if all((source / n).is_file() for n in names):
+        return tuple(_read_idx(source / n) for n in names)
+    log.info("%s not found (Debian package dataset-fashion-mnist); trying torchvision's downloader", source)
+    try:
+        from torchvision.datasets import FashionMNIST
+        with tempfile.TemporaryDirectory() as tmp:
+            train, test = FashionMNIST(tmp, train=True, download=True), FashionMNIST(tmp, train=False, download=True)
+            return train.data.numpy(), train.targets.numpy(), test.data.numpy(), test.targets.numpy()
+    except Exception as e:  # noqa: BLE001 - any download failure gets the same advice
+        raise DataError(f"Fashion-MNIST is not in {source} and could not be downloaded ({e}).\n"
+                        "Install it with: apt-get install dataset-fashion-mnist") from None
+
+
+def write_fashion_mnist(out_dir: str | Path, source: Path | None = None, limit: int | None = None) -> Path:
+    """Write Fashion-MNIST as a competition in the CSV layout: train/, train.csv, test/,
+    sample_submission.csv, and the test answers in solution.csv. `limit` keeps the first N of each split."""
+    out_dir = Path(out_dir)
+    if (out_dir / "solution.csv").is_file():
+        log.info("%s already holds the demo competition", out_dir)
+        return out_dir
+    x_train, y_train, x_test, y_test = _fashion_mnist_arrays(source)
+    if limit:
+        x_train, y_train, x_test, y_test = x_train[:limit], y_train[:limit], x_test[:limit], y_test[:limit]
+    tmp = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for split in ("train", "test"):
+        (tmp / split).mkdir(parents=True)
+
+    def rows(prefix, labels):
+        return [(f"{prefix}_{i:05d}", FASHION_MNIST_CLASSES[int(y)]) for i, y in enumerate(labels)]
+
+    train_rows, test_rows = rows("train", y_train), rows("test", y_test)
+    jobs = [(tmp / "train" / f"{i}.png", img) for (i, _), img in zip(train_rows, x_train)]
+    jobs += [(tmp / "test" / f"{i}.png", img) for (i, _), img in zip(test_rows, x_test)]
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        list(tqdm(pool.map(lambda job: cv2.imwrite(str(job[0]), job[1]), jobs), total=len(jobs),
+                  desc="writing PNGs", unit="img", leave=False))
+
+    def write(name, header, body):
+        with open(tmp / name, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(header)
+            w.writerows(body)
+
+    write("train.csv", ["id", "label"], train_rows)
+    write("sample_submission.csv", ["id", "label"], [(i, FASHION_MNIST_CLASSES[0]) for i, _ in test_rows])
+    write("solution.csv", ["id", "label"], test_rows)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    log.info("wrote %d training and %d test images to %s", len(train_rows), len(test_rows), out_dir)
+    return out_dir
+
+
+def describe(root: str | Path, id_col=None, label_col=None) -> str:
+    found = find_labelled_images(root, id_col, label_col)
+    counts = np.bincount(found.labels, minlength=len(found.class_names))
+    lines = [f"{root}: {found.layout} layout, {len(found.files)} training images, {len(found.class_names)} classes"]
+    lines += [f"  {name!r}: {n}" for name, n in zip(found.class_names, counts)]
+    lines += found.notes
+    try:
+        lines.append(f"test images: {len(find_test_images(root))}")
+    except DataError as e:
+        lines.append(str(e))
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("fashion-mnist", help="write the Fashion-MNIST demo competition to DIR")
+    demo.add_argument("dir")
+    demo.add_argument("--source", type=Path, default=None, help=f"folder of the idx .gz files (default {FASHION_MNIST_DIR})")
+    demo.add_argument("--limit", type=int, default=None, help="keep only the first N images of each split")
+    info = sub.add_parser("info", help="show what a dataset folder holds")
+    info.add_argument("dir")
+    info.add_argument("--id-col")
+    info.add_argument("--label-col")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        if args.command == "fashion-mnist":
+            write_fashion_mnist(args.dir, args.source, args.limit)
+        else:
+            print(describe(args.dir, args.id_col, args.label_col))
+    except DataError as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()

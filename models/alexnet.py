@@ -1,0 +1,80 @@
+"""AlexNet: five conv layers and three dense layers with ReLU and dropout.
+
+"ImageNet Classification with Deep Convolutional Neural Networks" (Krizhevsky et al., 2012,
+https://papers.nips.cc/paper/4824), in the single-tower form of torchvision's ``alexnet``,
+https://arxiv.org/abs/1404.5997. For inputs under 64 pixels the 11x11 stride-4 stem would
+shrink the image to almost nothing, so small inputs get a 3x3 stride-1 stem and two poolings.
+"""
+import torch
+from torch import nn
+
+
+def conv_relu(in_chs: int, out_chs: int, kernel: int, stride: int = 1,
+              batch_norm: bool = False) -> list:
+    layers = [nn.Conv2d(in_chs, out_chs, kernel, stride, padding=kernel // 2, bias=not batch_norm)]
+    if batch_norm:
+        layers.append(nn.BatchNorm2d(out_chs))
+    return layers + [nn.ReLU(inplace=True)]
+
+
+class AlexNet(nn.Module):
+    """AlexNet; ``small=True`` is the variant for 28x28 to 63x63 inputs. Returns logits."""
+
+    def __init__(self, num_classes: int, in_chans: int = 3, small: bool = False,
+                 hidden: int = 4096, dropout: float = 0.5, batch_norm: bool = False):
+        super().__init__()
+        bn = batch_norm
+        if small:
+            layers = [
+                *conv_relu(in_chans, 64, 3, batch_norm=bn), nn.MaxPool2d(2),
+                *conv_relu(64, 192, 3, batch_norm=bn), nn.MaxPool2d(2),
+            ]
+            pool_size = 3
+        else:
+            layers = [
+                *conv_relu(in_chans, 64, 11, stride=4, batch_norm=bn), nn.MaxPool2d(3, 2),
+                *conv_relu(64, 192, 5, batch_norm=bn), nn.MaxPool2d(3, 2),
+            ]
+            pool_size = 6
+        layers += [
+            *conv_relu(192, 384, 3, batch_norm=bn),
+            *conv_relu(384, 256, 3, batch_norm=bn),
+            *conv_relu(256, 256, 3, batch_norm=bn),
+        ]
+        if not small:
+            layers.append(nn.MaxPool2d(3, 2))
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(pool_size)
+        self.head = nn.Sequential(
+            nn.Flatten(),
+            nn.Dropout(dropout),
+            nn.Linear(256 * pool_size * pool_size, hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, num_classes),
+        )
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.features(x))
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def build_alexnet(num_classes: int, in_chans: int, img_size: int, pretrained: bool = False,
+                  hidden: int | None = None, dropout: float = 0.5,
+                  batch_norm: bool = False) -> nn.Module:
+    """Build AlexNet, picking the small-input variant when ``img_size < 64``."""
+    if pretrained:
+        raise ValueError("no pretrained weights exist for 'alexnet'; use pretrained=False")
+    small = img_size < 64
+    if hidden is None:
+        # 4096 is the paper's width; 1024 keeps the small variant (~6M parameters) trainable on a CPU.
+        hidden = 1024 if small else 4096
+    return AlexNet(num_classes, in_chans, small=small, hidden=hidden, dropout=dropout,
+                   batch_norm=batch_norm)

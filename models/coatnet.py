@@ -1,0 +1,27 @@
+"""CoAtNet-0 from timm (``coatnet_0_rw_224``, which has ImageNet weights).
+
+"CoAtNet: Marrying Convolution and Attention for All Data Sizes" (Dai et al.,
+https://arxiv.org/abs/2106.04803).
+"""
+import timm
+from torch import nn
+
+
+def build_coatnet(num_classes: int, in_chans: int, img_size: int, pretrained: bool = False,
+                  drop_rate: float = 0.0, drop_path_rate: float = 0.0) -> nn.Module:
+    """Build CoAtNet-0 for ``img_size``, from scratch unless ``pretrained``."""
+    if img_size % 32:
+        # timm sizes the attention windows as img_size / 32; other sizes fail later with a shape error.
+        raise ValueError(f"coatnet needs img_size divisible by 32, got {img_size}; "
+                         "resize the images to e.g. 32, 64 or 224")
+    try:
+        return timm.create_model("coatnet_0_rw_224", pretrained=pretrained,
+                                 num_classes=num_classes, in_chans=in_chans, img_size=img_size,
+                                 drop_rate=drop_rate, drop_path_rate=drop_path_rate)
+    except OSError as err:  # hub unreachable, offline mode, file missing from the cache
+        if not pretrained:
+            raise
+        raise RuntimeError(
+            "could not fetch pretrained weights for coatnet (are you offline?) from the Hugging "
+            f"Face hub (timm/coatnet_0_rw_224.sw_in1k): {err}. Fill the hub cache or use "
+            "pretrained=False.") from err
