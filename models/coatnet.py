@@ -23,5 +23,5 @@ def build_coatnet(num_classes: int, in_chans: int, img_size: int, pretrained: bo
             raise
         raise RuntimeError(
             "could not fetch pretrained weights for coatnet (are you offline?) from the Hugging "
-            f"Face hub (timm/coatnet_0_rw_224.sw_in1k): {err}. Fill the hub cache or use "
-            "pretrained=False.") from err
+            "Face hub (timm/coatnet_0_rw_224.sw_in1k); fill the hub cache ($HF_HOME) or use "
+            f"pretrained=False. Cause: {err}") from err

@@ -32,9 +32,9 @@ def load_imagenet_weights(model: nn.Module, in_chans: int) -> None:
         state_dict = weights.get_state_dict(progress=False)
     except OSError as err:  # URLError, ConnectionError, timeouts, an unwritable cache
         raise RuntimeError(
-            f"could not fetch pretrained weights for resnet (are you offline?) from {weights.url}: "
-            f"{err}. Put the file in the torch hub cache ($TORCH_HOME/hub/checkpoints) "
-            "or use pretrained=False.") from err
+            f"could not fetch pretrained weights for resnet (are you offline?) from {weights.url}; "
+            "put the file in the torch hub cache ($TORCH_HOME/hub/checkpoints) or use "
+            f"pretrained=False. Cause: {err}") from err
     del state_dict["fc.weight"], state_dict["fc.bias"]
     if model.conv1.weight.shape[2:] == state_dict["conv1.weight"].shape[2:]:
         state_dict["conv1.weight"] = adapt_input_conv(in_chans, state_dict["conv1.weight"])

@@ -18,7 +18,8 @@ def build_rexnet(num_classes: int, in_chans: int, img_size: int, pretrained: boo
             raise
         raise RuntimeError(
             "could not fetch pretrained weights for rexnet (are you offline?) from the Hugging Face "
-            f"hub (timm/rexnet_100): {err}. Fill the hub cache or use pretrained=False.") from err
+            "hub (timm/rexnet_100.nav_in1k); fill the hub cache ($HF_HOME) or use pretrained=False. "
+            f"Cause: {err}") from err
     if img_size < 64:
         # The network downsamples 32x; a stride-1 stem makes that 16x, so 28x28 ends at 2x2, not 1x1.
         model.stem.conv.stride = (1, 1)

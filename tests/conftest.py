@@ -1,0 +1,80 @@
+"""Tiny generated datasets shared by the tests. Each class draws a bright bar at its own place, so a
+model can learn them in an epoch or two."""
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def class_image(label: int, n_classes: int, size: int, rng: np.random.Generator, channels: int = 1,
+                dtype=np.uint8) -> np.ndarray:
+    """A noisy image whose class shows as a horizontal bar at a class-specific height."""
+    img = rng.integers(0, 60, (size, size), dtype=np.int32)
+    band = max(1, size // (n_classes + 1))
+    top = (label + 1) * size // (n_classes + 1) - band // 2
+    img[top:top + band, :] += 180
+    img = np.clip(img, 0, 255).astype(np.uint8)
+    if channels == 3:  # BGR on disk, as OpenCV writes it
+        img = np.stack([img // 2, img, 255 - img], axis=2)
+    elif channels == 4:
+        img = np.stack([img // 2, img, 255 - img, np.full_like(img, 255)], axis=2)
+    if dtype == np.uint16:
+        img = img.astype(np.uint16) * 257
+    return img
+
+
+def write_dataset(root: Path, layout: str = "csv", classes=("cat", "dog", "bird"), per_class: int = 20,
+                  size: int = 16, channels: int = 1, ext: str = ".png", n_test: int = 12, seed: int = 0,
+                  sample_ids_with_ext: bool = False) -> Path:
+    """Write a competition folder: train (csv or folder layout), test/, sample_submission.csv and the
+    answers in solution.csv. Returns root."""
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    rows = []
+    for k, name in enumerate(classes):
+        for i in range(per_class):
+            ident = f"{k}_{i}"
+            if layout == "csv":
+                path = root / "train" / f"{ident}{ext}"
+            else:
+                path = root / "train" / name / f"{ident}{ext}"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            assert cv2.imwrite(str(path), class_image(k, len(classes), size, rng, channels))
+            rows.append((ident, name))
+    if layout == "csv":
+        write_csv(root / "train.csv", ["id", "label"], rows)
+    (root / "test").mkdir(parents=True, exist_ok=True)
+    answers = []
+    for i in range(n_test):
+        k = i % len(classes)
+        ident = f"t{i}"
+        assert cv2.imwrite(str(root / "test" / f"{ident}{ext}"), class_image(k, len(classes), size, rng, channels))
+        answers.append((ident + ext if sample_ids_with_ext else ident, classes[k]))
+    write_csv(root / "sample_submission.csv", ["id", "label"], [(i, classes[0]) for i, _ in answers])
+    write_csv(root / "solution.csv", ["id", "label"], answers)
+    return root
+
+
+def write_csv(path: Path, header, rows):
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+
+
+@pytest.fixture
+def csv_dataset(tmp_path) -> Path:
+    return write_dataset(tmp_path / "comp", layout="csv")
+
+
+@pytest.fixture
+def folder_dataset(tmp_path) -> Path:
+    return write_dataset(tmp_path / "comp", layout="folder", channels=3, ext=".jpg")

@@ -1,0 +1,123 @@
+"""Every registered model through forward and backward at small size, plus the builders' errors.
+
+All on CPU and offline: downloads of pretrained weights are replaced by fakes.
+"""
+import pytest
+import timm
+import timm.models._builder
+import torch
+import torchvision
+import torchvision.models._api
+
+from models import MODELS, build_model
+
+NUM_CLASSES = 7  # not 10, so a hard-coded class count shows up
+SMALL_SIZE = {"coatnet": 32}  # coatnet needs a multiple of 32; the rest start at 28 (MNIST)
+PRETRAINED = ["resnet", "rexnet", "coatnet"]
+
+
+@pytest.fixture(autouse=True)
+def seed():
+    torch.manual_seed(0)
+
+
+@pytest.mark.parametrize("in_chans", [1, 3])
+@pytest.mark.parametrize("arch", list(MODELS))
+def test_forward_backward(arch, in_chans):
+    img_size = SMALL_SIZE.get(arch, 28)
+    model = build_model(arch, NUM_CLASSES, in_chans, img_size).train()
+    logits = model(torch.randn(2, in_chans, img_size, img_size))
+    assert logits.shape == (2, NUM_CLASSES)
+    assert torch.isfinite(logits).all()
+
+    torch.nn.functional.cross_entropy(logits, torch.tensor([0, NUM_CLASSES - 1])).backward()
+    params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    assert params
+    no_grad = [name for name, p in params if p.grad is None]
+    assert not no_grad, f"no gradient reached {no_grad}"
+    bad = [name for name, p in params if not torch.isfinite(p.grad).all()]
+    assert not bad, f"non-finite gradients in {bad}"
+    assert any(p.grad.abs().sum() > 0 for _, p in params)
+
+
+@pytest.mark.parametrize("arch,img_size", [(arch, 64) for arch in MODELS]
+                         + [("alexnet", 224), ("resnet", 224)])
+def test_larger_inputs(arch, img_size):
+    model = build_model(arch, NUM_CLASSES, 3, img_size).eval()
+    with torch.no_grad():
+        logits = model(torch.randn(1, 3, img_size, img_size))
+    assert logits.shape == (1, NUM_CLASSES)
+    assert torch.isfinite(logits).all()
+
+
+def test_unknown_arch_names_it_and_the_known_ones():
+    with pytest.raises(ValueError, match="'vgg'") as info:
+        build_model("vgg", NUM_CLASSES, 3, 32)
+    assert all(arch in str(info.value) for arch in MODELS)
+
+
+@pytest.mark.parametrize("img_size", [28, 48])
+def test_coatnet_rejects_img_size_not_divisible_by_32(img_size):
+    with pytest.raises(ValueError, match=f"divisible by 32, got {img_size}"):
+        build_model("coatnet", NUM_CLASSES, 3, img_size)
+
+
+@pytest.mark.parametrize("arch", ["cnn", "alexnet"])
+def test_pretrained_without_weights_raises(arch):
+    with pytest.raises(ValueError, match=f"no pretrained weights exist for '{arch}'"):
+        build_model(arch, NUM_CLASSES, 3, 32, pretrained=True)
+
+
+def patch_downloads(monkeypatch, fake):
+    """Route every weight download that torchvision and timm make through ``fake``."""
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", fake)
+    monkeypatch.setattr(timm.models._builder, "load_state_dict_from_url", fake)
+    monkeypatch.setattr(timm.models._builder, "load_state_dict_from_hf", fake)
+
+
+@pytest.mark.parametrize("arch", PRETRAINED)
+def test_pretrained_offline_is_a_clear_runtime_error(arch, monkeypatch):
+    calls = []
+
+    def offline(*args, **kwargs):
+        calls.append(args)
+        raise ConnectionError("[Errno 101] Network is unreachable")
+
+    patch_downloads(monkeypatch, offline)
+    with pytest.raises(RuntimeError, match=rf"could not fetch pretrained weights for {arch} "
+                                           r"\(are you offline\?\)") as info:
+        build_model(arch, NUM_CLASSES, 1, 32, pretrained=True)
+    assert calls, "the download was not the patched one"
+    assert isinstance(info.value.__cause__, ConnectionError)
+    assert "Network is unreachable" in str(info.value)
+
+
+def imagenet_state_dict(arch):
+    """Random weights shaped like the published ImageNet checkpoint of ``arch``."""
+    if arch == "resnet":
+        return torchvision.models.resnet18().state_dict()
+    name = {"rexnet": "rexnet_100", "coatnet": "coatnet_0_rw_224"}[arch]
+    return timm.create_model(name).state_dict()
+
+
+@pytest.mark.parametrize("arch,img_size", [("resnet", 32), ("resnet", 224),
+                                           ("rexnet", 32), ("coatnet", 32)])
+def test_pretrained_weights_load_and_adapt_to_one_channel(arch, img_size, monkeypatch):
+    published = imagenet_state_dict(arch)
+    patch_downloads(monkeypatch, lambda *args, **kwargs: {k: v.clone() for k, v in published.items()})
+    model = build_model(arch, NUM_CLASSES, 1, img_size, pretrained=True).eval()
+    loaded = model.state_dict()
+
+    first = {"resnet": "conv1.weight", "rexnet": "stem.conv.weight",
+             "coatnet": "stem.conv1.weight"}[arch]
+    # everything whose shape did not change (all but the head, the first conv and, for
+    # coatnet at 32, the resized attention position tables) comes through unchanged
+    same = [k for k in loaded if k != first and loaded[k].shape == published[k].shape]
+    assert len(same) > 0.9 * len(loaded)
+    changed = [k for k in same if not torch.equal(loaded[k], published[k])]
+    assert not changed, f"weights not loaded: {changed}"
+    # the first conv is summed over RGB where its kernel shape allows
+    if loaded[first].shape[2:] == published[first].shape[2:]:
+        assert torch.allclose(loaded[first], published[first].sum(1, keepdim=True))
+    with torch.no_grad():
+        assert model(torch.randn(1, 1, img_size, img_size)).shape == (1, NUM_CLASSES)

@@ -1,0 +1,255 @@
+"""The training scripts end to end on tiny data: outputs, checkpoints, resume, interruption, torchrun."""
+from __future__ import annotations
+
+import csv
+import importlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import data
+import trainer
+from conftest import ROOT, write_dataset
+
+FAST = ["--precision", "fp32", "--channels-last", "off", "--no-progress", "--batch-size", "16"]
+
+
+def train(arch: str, *args, **overrides) -> Path:
+    script = importlib.import_module(f"train_{arch}")
+    return trainer.main(arch, [str(a) for a in args], **{**script.DEFAULTS, **overrides})
+
+
+def metrics(run: Path) -> list[dict]:
+    with open(run / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def comparable(rows):
+    """Metric rows without the wall-clock columns."""
+    return [{k: v for k, v in r.items() if k not in ("seconds", "images_per_s")} for r in rows]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("data") / "comp", layout="csv", per_class=20, size=16)
+
+
+@pytest.fixture(scope="module")
+def rgb_dataset(tmp_path_factory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("data") / "comp", layout="folder", per_class=8, size=32,
+                         channels=3, ext=".jpg", classes=("a", "b", "c", "d"))
+
+
+def test_cnn_trains_and_writes_every_output(dataset, tmp_path):
+    run = train("cnn", "--data", dataset, "--runs-dir", tmp_path, "--name", "cnn-a", "--epochs", 3,
+                "--img-size", 16, "--lr", 3e-3, *FAST)
+    assert run == tmp_path / "cnn-a"
+    for name in ("metrics.csv", "config.json", "last.pt", "best.pt", "curves.png", "run.json"):
+        assert (run / name).is_file(), name
+    rows = metrics(run)
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    assert set(rows[0]) == set(trainer.METRIC_COLUMNS)
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    assert float(rows[-1]["val_acc"]) >= 0.8  # the bars are easy to tell apart
+
+    ckpt = trainer.load_checkpoint(run / "best.pt")
+    assert ckpt["arch"] == "cnn" and ckpt["class_names"] == ["bird", "cat", "dog"]
+    assert ckpt["img_size"] == 16 and ckpt["channels"] == 1 and len(ckpt["mean"]) == 1
+    assert ckpt["model_args"] == {"num_classes": 3, "in_chans": 1, "img_size": 16}
+    assert ckpt["config"]["lr"] == 3e-3 and ckpt["config"]["arch"] == "cnn"
+    assert "optimizer" not in ckpt and "optimizer" in trainer.load_checkpoint(run / "last.pt")
+    assert len(ckpt["val_files"]) == 6  # 10% of each of the 3 classes of 20
+    # The checkpoint alone rebuilds the model.
+    model = trainer.model_from_checkpoint(ckpt).eval()
+    assert model(torch.zeros(2, 1, 16, 16)).shape == (2, 3)
+
+    config = json.loads((run / "config.json").read_text())
+    assert config["epochs"] == 3 and config["name"] == "cnn-a"
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "finished" and info["epochs_done"] == 3
+    assert info["best_val_acc"] == pytest.approx(max(float(r["val_acc"]) for r in rows), abs=1e-6)
+    table = (tmp_path / "runs.md").read_text()
+    assert "| cnn-a | cnn | 3/3 | 16 | 16 |" in table and "finished" in table
+    printed = subprocess.run([sys.executable, "trainer.py", "table", "--runs-dir", str(tmp_path)], cwd=ROOT,
+                             capture_output=True, text=True, check=True).stdout
+    assert printed == table
+
+
+@pytest.mark.parametrize("arch", ["alexnet", "resnet", "rexnet", "coatnet"])
+def test_every_script_trains_on_a_folder_dataset(arch, rgb_dataset, tmp_path):
+    run = train(arch, "--data", rgb_dataset, "--runs-dir", tmp_path, "--name", arch, "--epochs", 1,
+                "--img-size", 32, *FAST)
+    rows = metrics(run)
+    assert len(rows) == 1 and np.isfinite(float(rows[0]["train_loss"]))
+    ckpt = trainer.load_checkpoint(run / "best.pt")
+    assert ckpt["arch"] == arch and ckpt["channels"] == 3 and ckpt["class_names"] == ["a", "b", "c", "d"]
+    assert (run / "curves.png").stat().st_size > 1000
+
+
+def test_scripts_run_from_the_command_line(dataset, tmp_path):
+    out = subprocess.run([sys.executable, "train_cnn.py", "--data", str(dataset), "--runs-dir", str(tmp_path),
+                          "--name", "cli", "--epochs", "1", "--img-size", "16", *FAST], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "epoch 1/1" in out.stdout and (tmp_path / "cli" / "best.pt").is_file()
+    helptext = subprocess.run([sys.executable, "train_rexnet.py", "--help"], cwd=ROOT, capture_output=True,
+                              text=True, check=True).stdout
+    assert "--resume" in helptext and "(default: 32)" in helptext  # the script's own image size
+
+
+def test_resume_gives_the_same_metrics_as_one_go(dataset, tmp_path):
+    common = ["--data", dataset, "--runs-dir", tmp_path, "--epochs", 2, "--img-size", 16, *FAST]
+    one_go = train("cnn", *common, "--name", "one-go")
+    parts = train("cnn", *common, "--name", "parts", "--stop-at-epoch", 1)
+    assert len(metrics(parts)) == 1 and json.loads((parts / "run.json").read_text())["status"] == "paused"
+    train("cnn", "--resume", parts, "--no-progress")
+    assert comparable(metrics(parts)) == comparable(metrics(one_go))
+    a, b = (trainer.load_checkpoint(r / "last.pt")["model"] for r in (one_go, parts))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_ctrl_c_mid_epoch_saves_and_resumes_exactly(dataset, tmp_path, monkeypatch):
+    common = ["--data", dataset, "--runs-dir", tmp_path, "--epochs", 2, "--img-size", 16, *FAST[:-2],
+              "--batch-size", 8]
+    one_go = train("cnn", *common, "--name", "one-go")
+
+    real_prefetch = data.prefetch
+
+    def interrupt_after_two_batches(batches, device, depth=2):
+        for i, batch in enumerate(real_prefetch(batches, device, depth)):
+            if i == 2:
+                os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C would, in the middle of epoch 1
+            yield batch
+
+    monkeypatch.setattr(data, "prefetch", interrupt_after_two_batches)
+    with pytest.raises(SystemExit) as stopped:
+        train("cnn", *common, "--name", "interrupted")
+    assert stopped.value.code == 130
+    run = tmp_path / "interrupted"
+    last = trainer.load_checkpoint(run / "last.pt")
+    assert last["epoch"] == 0 and last["step"] == 3  # the step in flight when Ctrl-C came was finished
+    assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
+    monkeypatch.setattr(data, "prefetch", real_prefetch)
+    train("cnn", "--resume", run, "--no-progress")
+    assert comparable(metrics(run)) == comparable(metrics(one_go))
+
+
+def test_raising_epochs_on_resume_continues_the_curve(dataset, tmp_path):
+    run = train("cnn", "--data", dataset, "--runs-dir", tmp_path, "--name", "grow", "--epochs", 1,
+                "--img-size", 16, *FAST)
+    train("cnn", "--resume", run, "--epochs", 3, "--no-progress")
+    rows = metrics(run)
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    assert json.loads((run / "run.json").read_text())["epochs_done"] == 3
+    assert trainer.load_checkpoint(run / "last.pt")["epoch"] == 3
+
+
+def test_resume_refuses_changed_options_and_missing_runs(dataset, tmp_path):
+    run = train("cnn", "--data", dataset, "--runs-dir", tmp_path, "--name", "r", "--epochs", 1,
+                "--img-size", 16, *FAST)
+    with pytest.raises(SystemExit, match="--lr cannot change"):
+        train("cnn", "--resume", run, "--lr", 0.1)
+    with pytest.raises(SystemExit, match="trained 'cnn', not 'resnet'"):
+        train("resnet", "--resume", run)
+    with pytest.raises(SystemExit, match="no run there"):
+        train("cnn", "--resume", tmp_path / "nothing")
+    with pytest.raises(SystemExit, match="already holds a run"):
+        train("cnn", "--data", dataset, "--runs-dir", tmp_path, "--name", "r", *FAST)
+    with pytest.raises(SystemExit, match="--data DIR is required"):
+        train("cnn")
+
+
+def test_sigkill_then_resume_continues_from_the_last_epoch(dataset, tmp_path):
+    cmd = [sys.executable, "train_cnn.py", "--data", str(dataset), "--runs-dir", str(tmp_path), "--name", "killed",
+           "--epochs", "50", "--img-size", "16", *FAST[:-2], "--batch-size", "4"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run = tmp_path / "killed"
+    deadline = time.time() + 120
+    while not (run / "metrics.csv").is_file() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    done = trainer.load_checkpoint(run / "last.pt")["epoch"]
+    assert 1 <= done < 50
+    assert "stopped (resumable)" in trainer.runs_table(tmp_path)
+    train("cnn", "--resume", run, "--epochs", done + 1, "--no-progress")
+    assert [int(r["epoch"]) for r in metrics(run)] == list(range(1, done + 2))
+
+
+def test_diverging_loss_stops_with_a_clear_message(dataset, tmp_path):
+    with pytest.raises(SystemExit, match="training loss became nan"):
+        train("cnn", "--data", dataset, "--runs-dir", tmp_path, "--name", "nan", "--epochs", 2,
+              "--img-size", 16, "--lr", 1e30, "--warmup-epochs", 0, *FAST)
+    assert json.loads((tmp_path / "nan" / "run.json").read_text())["status"] == "diverged"
+
+
+def test_precision_auto_picks_a_measured_mode(dataset, tmp_path, capsys):
+    run = train("cnn", "--data", dataset, "--runs-dir", tmp_path, "--name", "auto", "--epochs", 1,
+                "--img-size", 16, "--no-progress")
+    mode = trainer.load_checkpoint(run / "last.pt")["mode"]
+    assert trainer.Mode(**mode) in trainer.candidate_modes("auto", "auto", torch.device("cpu"))
+    chosen = str(trainer.Mode(**mode))
+    assert f"-> using {chosen}" in capsys.readouterr().out
+    assert np.isfinite(float(metrics(run)[0]["train_loss"]))
+
+
+def test_init_replaces_the_head_when_classes_differ(dataset, tmp_path):
+    source = train("cnn", "--data", dataset, "--runs-dir", tmp_path, "--name", "src", "--epochs", 1,
+                   "--img-size", 16, *FAST)
+    other = write_dataset(tmp_path / "two", classes=("x", "y"), per_class=10, size=16)
+    run = train("cnn", "--data", other, "--runs-dir", tmp_path, "--name", "dst", "--epochs", 1, "--img-size", 16,
+                "--init", source / "best.pt", "--lr", 1e-12, "--weight-decay", 0, *FAST)
+    src, dst = (trainer.load_checkpoint(r / "best.pt")["model"] for r in (source, run))
+    shared = [k for k in src if src[k].shape == dst[k].shape and "num_batches" not in k and "running" not in k]
+    replaced = [k for k in src if src[k].shape != dst[k].shape]
+    assert replaced and shared
+    assert all(torch.allclose(src[k], dst[k], atol=1e-6) for k in shared)  # lr ~ 0: the copied weights stay
+
+
+def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    trainer.save_checkpoint(path, {"format": trainer.CHECKPOINT_FORMAT, "epoch": 1})
+
+    def crash(obj, f):
+        Path(f).write_bytes(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError):
+        trainer.save_checkpoint(path, {"format": trainer.CHECKPOINT_FORMAT, "epoch": 2})
+    monkeypatch.undo()
+    assert trainer.load_checkpoint(path)["epoch"] == 1
+    assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
+
+
+def test_schedule_warms_up_then_decays_to_zero():
+    s = trainer.Session.__new__(trainer.Session)
+    s.config, s.steps_per_epoch = trainer.TrainConfig(lr=1.0, epochs=10, warmup_epochs=1), 10
+    lrs = [s.lr_at(i) for i in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:])) and lrs[-1] < 1e-3
+
+
+def test_torchrun_two_processes(dataset, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "train_cnn.py", "--data", str(dataset), "--runs-dir", str(tmp_path), "--name", "ddp",
+                          "--epochs", "2", "--img-size", "16", *FAST], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = tmp_path / "ddp"
+    rows = metrics(run)
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    assert out.stdout.count("epoch 2/2") == 1  # only rank 0 logs and writes
+    assert json.loads((run / "run.json").read_text())["status"] == "finished"
+    # Both processes saw every validation image once between them: accuracy is a multiple of 1/6.
+    assert float(rows[-1]["val_acc"]) * 6 == pytest.approx(round(float(rows[-1]["val_acc"]) * 6), abs=1e-4)

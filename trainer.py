@@ -1,0 +1,814 @@
+"""The shared training module: options, the one training loop, evaluation, checkpoints, metrics, curves
+and the runs table. Each train_<arch>.py only sets its defaults and calls `main`.
+
+    python train_cnn.py --data data/fashion-mnist                 # train (see README for each architecture)
+    python train_cnn.py --resume runs/cnn-20260101-120000 --epochs 30   # continue, possibly for longer
+    torchrun --nproc_per_node 2 train_cnn.py --data DIR            # data-parallel on 2 processes
+    python trainer.py table --runs-dir runs                        # the runs table as Markdown
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import csv
+import dataclasses
+import json
+import logging
+import math
+import os
+import signal
+import socket
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+import data
+from data import DataError
+from models import MODELS, build_model
+
+log = logging.getLogger("imgcomp")
+
+CHECKPOINT_FORMAT = "imgcomp-checkpoint"
+CHECKPOINT_VERSION = 1
+METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_s"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Options: one dataclass, turned into flags by one parser
+# ----------------------------------------------------------------------------------------------
+
+def _opt(default, help, **extra):
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass
+class TrainConfig:
+    data: str = _opt("", "dataset folder (train.csv + train/, or train/<class>/...)")
+    arch: str = _opt("", "architecture (set by each train_<arch>.py)", choices=list(MODELS))
+    epochs: int = _opt(10, "number of epochs (may be raised with --resume)")
+    batch_size: int = _opt(128, "global batch size (split across torchrun processes)")
+    img_size: int = _opt(28, "images are resized to this square size")
+    lr: float = _opt(1e-3, "peak learning rate")
+    optimizer: str = _opt("adamw", "optimiser", choices=["adamw", "sgd"])
+    momentum: float = _opt(0.9, "SGD momentum")
+    weight_decay: float = _opt(0.05, "weight decay (decoupled for AdamW)")
+    warmup_epochs: float = _opt(1.0, "linear warm-up length in epochs, then cosine decay to zero")
+    label_smoothing: float = _opt(0.0, "label smoothing of the training loss")
+    grad_clip: float = _opt(0.0, "clip the gradient norm to this value (0: off)")
+    val_split: float = _opt(0.1, "stratified hold-out fraction; 0 trains on everything")
+    hflip: bool = _opt(True, "random horizontal flips")
+    rotate: float = _opt(10.0, "random rotation up to this many degrees either way (0: off)")
+    normalize: bool = _opt(True, "normalise with the training images' per-channel mean/std")
+    precision: str = _opt("auto", "fp32, bf16, fp16, or auto: measure which is fastest here",
+                          choices=["auto", "fp32", "bf16", "fp16"])
+    channels_last: str = _opt("auto", "memory format: on, off, or auto (measured with --precision)",
+                              choices=["auto", "on", "off"])
+    seed: int = _opt(0, "random seed (split, initialisation, shuffling, augmentation)")
+    name: str = _opt("", "run name (default: <arch>-<date>-<time>)")
+    runs_dir: str = _opt("runs", "folder that holds the run folders")
+    resume: str = _opt("", "continue the run in this folder from its last.pt")
+    init: str = _opt("", "start from the weights of this checkpoint (the head is replaced if classes differ)")
+    pretrained: bool = _opt(False, "start from timm/torchvision ImageNet weights (needs network)")
+    skip_bad: bool = _opt(False, "leave out unreadable images (listed in the run folder) instead of stopping")
+    id_col: str = _opt("", "id column of train.csv (default: detected)")
+    label_col: str = _opt("", "label column of train.csv (default: detected)")
+    cache_dir: str = _opt("", "where decoded images are cached (default: DATA/.cache)")
+    device: str = _opt("auto", "auto (CUDA when available), cpu, cuda, cuda:N")
+    stop_at_epoch: int = _opt(0, "stop (resumably) after this epoch, keeping the schedule of --epochs; "
+                                 "continue later with --resume (0: off)")
+    progress: bool = _opt(True, "show a progress bar per epoch")
+
+
+# Flags that may differ from the saved run when resuming; any other flag must match it.
+RESUMABLE_CHANGES = {"epochs", "stop_at_epoch", "progress", "resume", "device", "runs_dir", "cache_dir"}
+
+
+def build_parser(arch: str, defaults: dict) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=f"train_{arch}.py", description=f"Train the {arch} architecture on an image dataset.",
+        argument_default=argparse.SUPPRESS, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for f in dataclasses.fields(TrainConfig):
+        if f.name == "arch":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = defaults.get(f.name, f.default)
+        help_text = f.metadata["help"] + (f" (default: {default})" if default not in ("", None) else "")
+        if f.type in ("bool", bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
+        else:
+            kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
+            parser.add_argument(flag, type=kind, help=help_text, choices=f.metadata.get("choices"),
+                                metavar=None if "choices" in f.metadata else f.name.upper())
+    return parser
+
+
+def parse_config(arch: str, defaults: dict, argv=None) -> TrainConfig:
+    """Script defaults, overridden by the saved run when resuming, overridden by the flags given."""
+    unknown = set(defaults) - {f.name for f in dataclasses.fields(TrainConfig)}
+    if unknown:
+        raise ValueError(f"train_{arch}.py sets unknown defaults {sorted(unknown)}")
+    given = vars(build_parser(arch, defaults).parse_args(argv))
+    values = {**dataclasses.asdict(TrainConfig()), **defaults, "arch": arch}
+    if given.get("resume"):
+        saved = _saved_config(Path(given["resume"]))
+        if saved.get("arch") != arch:
+            raise DataError(f"--resume {given['resume']}: that run trained {saved.get('arch')!r}, "
+                            f"not {arch!r}; use train_{saved.get('arch')}.py")
+        changed = [k for k, v in given.items() if k not in RESUMABLE_CHANGES and saved.get(k) != v]
+        if changed:
+            raise DataError(f"--resume: {', '.join('--' + k.replace('_', '-') for k in changed)} cannot change "
+                            f"when resuming (only {', '.join('--' + k.replace('_', '-') for k in sorted(RESUMABLE_CHANGES))} can)")
+        values.update({k: v for k, v in saved.items() if k in values})
+    values.update(given)
+    config = TrainConfig(**values)
+    if not config.data:
+        raise DataError("--data DIR is required (a folder with train.csv + train/, or train/<class>/...)")
+    for name in ("epochs", "batch_size", "img_size"):
+        if getattr(config, name) < 1:
+            raise DataError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
+    if config.lr <= 0:
+        raise DataError(f"--lr must be positive, got {config.lr}")
+    return config
+
+
+def _saved_config(run_dir: Path) -> dict:
+    path = run_dir / "config.json"
+    if not (run_dir / "last.pt").is_file() or not path.is_file():
+        raise DataError(f"--resume {run_dir}: no run there (expected {run_dir}/last.pt and config.json)")
+    return json.loads(path.read_text())
+
+
+# ----------------------------------------------------------------------------------------------
+# Device, processes and precision: decided once, before the loop
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class Runtime:
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def setup_runtime(device: str = "auto") -> Runtime:
+    """Pick the device, and join the torchrun process group when launched by torchrun."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DataError(f"--device {device}: CUDA is not available on this machine")
+        dev = torch.device("cuda", local_rank if world_size > 1 else (dev.index or 0))
+        torch.cuda.set_device(dev)
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if world_size > 1:
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        if dev.type == "cpu":  # share the cores between the processes of this machine
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+    return Runtime(dev, int(os.environ.get("RANK", "0")), world_size, local_rank)
+
+
+@dataclass(frozen=True)
+class Mode:
+    """Numeric precision and memory format of the model's computation."""
+    precision: str = "fp32"
+    channels_last: bool = False
+
+    def __str__(self):
+        return self.precision + ("+channels_last" if self.channels_last else "")
+
+    @property
+    def dtype(self):
+        return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
+
+    @property
+    def memory_format(self):
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    def autocast(self, device: torch.device):
+        return torch.autocast(device.type, dtype=self.dtype, enabled=self.precision != "fp32")
+
+
+def candidate_modes(precision: str, channels_last: str, device: torch.device) -> list[Mode]:
+    if precision == "auto":
+        # fp16 needs loss scaling and overflows more easily; it is used only when asked for.
+        precisions = ["fp32", "bf16"] if device.type == "cpu" or torch.cuda.is_bf16_supported() else ["fp32", "fp16"]
+    else:
+        precisions = [precision]
+    formats = {"auto": [False, True], "on": [True], "off": [False]}[channels_last]
+    return [Mode(p, cl) for p in precisions for cl in formats]
+
+
+def measure_modes(model: nn.Module, x: torch.Tensor, y: torch.Tensor, modes: list[Mode], device: torch.device,
+                  steps: int = 3) -> dict[Mode, float]:
+    """Median seconds of a training step (forward, backward, optimiser) of a copy of `model` on the
+    batch (x, y) in each mode. The model itself is left untouched."""
+    times = {}
+    for mode in modes:
+        trial = copy.deepcopy(model).to(device, memory_format=mode.memory_format).train()
+        opt = torch.optim.SGD(trial.parameters(), lr=0.0)
+        scaler = torch.amp.GradScaler(device.type, enabled=mode.precision == "fp16")
+        xb = x.to(device, memory_format=mode.memory_format)
+        samples = []
+        for i in range(steps + 1):  # the first step warms up kernels and allocators
+            _sync(device)
+            start = time.perf_counter()
+            with mode.autocast(device):
+                loss = F.cross_entropy(trial(xb), y.to(device))
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad(set_to_none=True)
+            _sync(device)
+            if i:
+                samples.append(time.perf_counter() - start)
+        times[mode] = statistics.median(samples)
+        del trial, opt
+    return times
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def choose_mode(config: TrainConfig, model: nn.Module, x: torch.Tensor, y: torch.Tensor, rt: Runtime) -> Mode:
+    modes = candidate_modes(config.precision, config.channels_last, rt.device)
+    if len(modes) == 1:
+        return modes[0]
+    times = measure_modes(model, x, y, modes, rt.device)
+    best = min(times, key=times.get)
+    if rt.distributed:  # every process must run the same mode: rank 0's measurement decides
+        box = [best]
+        dist.broadcast_object_list(box, src=0)
+        best = box[0]
+    log.info("precision auto: %s -> using %s", ", ".join(f"{m} {t * 1000:.0f} ms/step" for m, t in times.items()), best)
+    return best
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints: self-describing, written atomically, loaded without running code
+# ----------------------------------------------------------------------------------------------
+
+def atomic_write(path: Path, write):
+    """Call write(tmp_path), then move it over `path`: a crash never leaves a half-written file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_checkpoint(path: Path, checkpoint: dict):
+    atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """Load one of our checkpoints without executing code (weights_only); refuse anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"checkpoint {path} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - pickle errors come in many types
+        raise DataError(f"{path} is not a checkpoint of this toolkit, or would need code execution to load "
+                        f"(refused): {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise DataError(f"{path} is not a checkpoint of this toolkit (no '{CHECKPOINT_FORMAT}' marker)")
+    if checkpoint.get("version", 0) > CHECKPOINT_VERSION:
+        raise DataError(f"{path} was written by a newer version of this toolkit")
+    return checkpoint
+
+
+def model_from_checkpoint(checkpoint: dict) -> nn.Module:
+    model = build_model(checkpoint["arch"], **checkpoint["model_args"])
+    model.load_state_dict(checkpoint["model"])
+    return model
+
+
+def init_from_checkpoint(model: nn.Module, path: str, arch: str):
+    """Copy the weights of a checkpoint of the same architecture; layers whose shapes differ (the head,
+    when the classes differ) keep their fresh initialisation."""
+    checkpoint = load_checkpoint(path)
+    if checkpoint["arch"] != arch:
+        raise DataError(f"--init {path}: that checkpoint is a {checkpoint['arch']!r}, not a {arch!r}")
+    own = model.state_dict()
+    kept = {k: v for k, v in checkpoint["model"].items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(kept, strict=False)
+    fresh = sorted(set(own) - set(kept))
+    log.info("--init %s: loaded %d tensors%s", path, len(kept), f", re-initialised {fresh}" if fresh else "")
+
+
+# ----------------------------------------------------------------------------------------------
+# Metrics, curves and the runs table
+# ----------------------------------------------------------------------------------------------
+
+def write_metrics(path: Path, history: list[dict]):
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, METRIC_COLUMNS)
+            w.writeheader()
+            w.writerows(history)
+    atomic_write(path, write)
+
+
+def read_metrics(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return [{k: (float(v) if v not in ("", None) else math.nan) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def plot_curves(metrics_csv: Path, out_png: Path, title: str = ""):
+    """Loss and accuracy curves (train and validation) drawn from a metrics.csv."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(metrics_csv)
+    epochs = [r["epoch"] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, what in zip(axes, ("loss", "acc")):
+        ax.plot(epochs, [r[f"train_{what}"] for r in rows], "o-", label="train", markersize=3)
+        if any(not math.isnan(r[f"val_{what}"]) for r in rows):
+            ax.plot(epochs, [r[f"val_{what}"] for r in rows], "o-", label="validation", markersize=3)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel({"loss": "loss", "acc": "accuracy"}[what])
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    atomic_write(out_png, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
+
+
+TABLE_COLUMNS = [("run", "run"), ("arch", "architecture"), ("epochs", "epochs"), ("batch_size", "batch size"),
+                 ("img_size", "image size"), ("best_val_acc", "best val acc"), ("test_acc", "test acc"),
+                 ("train_time", "training time"), ("images_per_s", "images/s"), ("mode", "precision"),
+                 ("status", "status")]
+
+
+def _pid_alive(info: dict) -> bool:
+    if info.get("host") != socket.gethostname():
+        return True  # cannot tell from here
+    try:
+        os.kill(int(info.get("pid", 0)), 0)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def runs_table(runs_dir: str | Path) -> str:
+    """The runs of `runs_dir` (one run.json each) as a Markdown table."""
+    rows = []
+    for info_path in sorted(Path(runs_dir).glob("*/run.json"), key=lambda p: data.natural_key(p.parent.name)):
+        info = json.loads(info_path.read_text())
+        if info["status"] == "running" and not _pid_alive(info):
+            info["status"] = "stopped (resumable)"
+        cells = {
+            "run": info["name"], "arch": info["arch"], "epochs": f"{info['epochs_done']}/{info['epochs']}",
+            "batch_size": info["batch_size"], "img_size": info["img_size"],
+            "best_val_acc": _pct(info.get("best_val_acc")), "test_acc": _pct(info.get("test_acc")),
+            "train_time": _duration(info.get("train_time", 0)),
+            "images_per_s": f"{info['images_per_s']:.0f}" if info.get("images_per_s") else "",
+            "mode": info.get("mode", ""), "status": info["status"],
+        }
+        rows.append([str(cells[key]) for key, _ in TABLE_COLUMNS])
+    header = [title for _, title in TABLE_COLUMNS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _pct(value) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}%"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def update_run_info(run_dir: Path, **fields):
+    """Merge `fields` into the run's run.json and refresh the runs table beside the run folders."""
+    path = run_dir / "run.json"
+    info = json.loads(path.read_text()) if path.is_file() else {}
+    info.update(fields, pid=os.getpid(), host=socket.gethostname(), updated=time.strftime("%Y-%m-%d %H:%M:%S"))
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(info, indent=2)))
+    table = runs_table(run_dir.parent)
+    atomic_write(run_dir.parent / "runs.md", lambda tmp: tmp.write_text(table))
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+# ----------------------------------------------------------------------------------------------
+
+class StopRequest:
+    """Ctrl-C (or SIGTERM) asks the loop to stop after the current step and save a resumable
+    checkpoint, rather than dying in the middle of an optimiser update; a second Ctrl-C stops at once."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __enter__(self):
+        self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("\nstopping after this step and saving a resumable checkpoint (Ctrl-C again to abort)")
+
+
+class Diverged(RuntimeError):
+    pass
+
+
+@dataclass
+class Session:
+    """Everything the loop works with, set up once by `prepare_session`."""
+    config: TrainConfig
+    rt: Runtime
+    run_dir: Path
+    model: nn.Module  # DistributedDataParallel-wrapped when distributed
+    raw_model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    mode: Mode
+    pixels: np.ndarray
+    labels: np.ndarray
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    class_names: list[str]
+    mean: list[float]
+    std: list[float]
+    augment: data.Augment
+    steps_per_epoch: int
+    files: list[Path]
+    history: list[dict] = field(default_factory=list)
+    best_val_acc: float = -1.0
+    best_epoch: int = 0
+    train_time: float = 0.0
+
+    def lr_at(self, step: int) -> float:
+        """Linear warm-up, then cosine decay to zero, over every step of the run."""
+        total = self.config.epochs * self.steps_per_epoch
+        warmup = min(int(self.config.warmup_epochs * self.steps_per_epoch), total - 1)
+        if step < warmup:
+            return self.config.lr * (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return self.config.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    def inputs(self, x: torch.Tensor, train: bool) -> torch.Tensor:
+        """uint8 images on the device -> the model's input (augmented when training)."""
+        x = data.to_float(x)
+        if train:
+            x = self.augment(x)
+        if self.config.normalize:
+            x = data.normalize(x, self.mean, self.std)
+        return x.contiguous(memory_format=self.mode.memory_format)
+
+    def checkpoint(self, epoch: int, step: int = 0, partial: dict | None = None, light: bool = False) -> dict:
+        ckpt = {
+            "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+            "arch": self.config.arch,
+            "model_args": {"num_classes": len(self.class_names), "in_chans": int(self.pixels.shape[1]),
+                           "img_size": self.config.img_size},
+            "class_names": list(self.class_names), "img_size": self.config.img_size,
+            "channels": int(self.pixels.shape[1]), "normalize": self.config.normalize,
+            "mean": self.mean, "std": self.std, "mode": {"precision": self.mode.precision,
+                                                         "channels_last": self.mode.channels_last},
+            "config": dataclasses.asdict(self.config),
+            "model": self.raw_model.state_dict(),
+            "epoch": epoch, "history": self.history,
+            "best_val_acc": self.best_val_acc, "best_epoch": self.best_epoch, "train_time": self.train_time,
+            "val_files": [_rel(p, self.config.data) for p in (self.files[i] for i in self.val_idx)],
+        }
+        if not light:
+            ckpt.update(optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(), step=step,
+                        partial=partial or {}, rng=torch.get_rng_state(),
+                        cuda_rng=torch.cuda.get_rng_state(self.rt.device) if self.rt.device.type == "cuda" else None)
+        return ckpt
+
+
+def _rel(path: Path, root: str) -> str:
+    return Path(os.path.relpath(path, root)).as_posix()
+
+
+def _all_reduce(values: list[float], rt: Runtime) -> list[float]:
+    if not rt.distributed:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=rt.device if rt.device.type == "cuda" else "cpu")
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def _any_process(flag: bool, rt: Runtime) -> bool:
+    """True on every process when `flag` is true on any of them."""
+    if not rt.distributed:
+        return flag
+    t = torch.tensor([float(flag)], device=rt.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def train_one_epoch(s: Session, epoch: int, stop: StopRequest, start_step: int = 0, partial: dict | None = None) -> dict:
+    """One epoch of training (epochs count from 1). Returns its summed metrics, or, when a stop was
+    requested, the position reached, with 'stopped_at' set."""
+    cfg, rt = s.config, s.rt
+    s.model.train()
+    sums = torch.zeros(3, dtype=torch.float64, device=rt.device)  # loss * n, correct, n (this process)
+    if partial and rt.is_main:  # the interrupted part of this epoch, summed over processes when saved
+        sums += torch.tensor([partial["loss_sum"], partial["correct"], partial["seen"]], dtype=torch.float64,
+                             device=rt.device)
+    seconds = partial["seconds"] if partial else 0.0
+    batches = data.iterate_batches(s.pixels, s.labels, s.train_idx, cfg.batch_size, shuffle=True, seed=cfg.seed,
+                                   epoch=epoch, drop_last=True, start_step=start_step, rank=rt.rank,
+                                   world_size=rt.world_size)
+    bar = tqdm(total=s.steps_per_epoch, initial=start_step, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch",
+               disable=not (rt.is_main and cfg.progress), leave=False, dynamic_ncols=True)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    start = time.perf_counter()
+    step = start_step
+    for step, (x, y) in enumerate(data.prefetch(batches, rt.device), start=start_step):
+        lr = s.lr_at((epoch - 1) * s.steps_per_epoch + step)
+        for group in s.optimizer.param_groups:
+            group["lr"] = lr
+        x = s.inputs(x, train=True)
+        with s.mode.autocast(rt.device):
+            logits = s.model(x)
+            loss = loss_fn(logits, y)
+        s.scaler.scale(loss).backward()
+        if cfg.grad_clip > 0:
+            s.scaler.unscale_(s.optimizer)
+            nn.utils.clip_grad_norm_(s.model.parameters(), cfg.grad_clip)
+        s.scaler.step(s.optimizer)
+        s.scaler.update()
+        s.optimizer.zero_grad(set_to_none=True)
+        sums += torch.stack([loss.detach().double() * len(y), (logits.argmax(1) == y).sum().double(),
+                             torch.tensor(float(len(y)), dtype=torch.float64, device=rt.device)])
+        bar.update()
+        last = step + 1 == s.steps_per_epoch
+        if step % 10 == 0 or last:  # reading values back waits for the device: not every step
+            loss_sum, correct, seen = sums.tolist()
+            if not math.isfinite(loss_sum):
+                raise Diverged(f"the training loss became {loss_sum} at epoch {epoch}, step {step + 1}")
+            elapsed = seconds + time.perf_counter() - start
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}",
+                            img_s=f"{seen * rt.world_size / max(elapsed, 1e-9):.0f}", refresh=False)
+        if not last and _any_process(stop.requested, rt):
+            loss_sum, correct, seen = _all_reduce(sums.tolist(), rt)
+            bar.close()
+            return {"stopped_at": step + 1, "loss_sum": loss_sum, "correct": correct, "seen": seen,
+                    "seconds": seconds + time.perf_counter() - start}
+    bar.close()
+    loss_sum, correct, seen = _all_reduce(sums.tolist(), rt)
+    if not math.isfinite(loss_sum):
+        raise Diverged(f"the training loss became {loss_sum} at epoch {epoch}")
+    seconds += time.perf_counter() - start
+    return {"loss": loss_sum / max(seen, 1), "acc": correct / max(seen, 1), "seen": seen, "seconds": seconds,
+            "lr": s.optimizer.param_groups[0]["lr"], "stopped_at": None}
+
+
+@torch.no_grad()
+def evaluate(s: Session, indices: np.ndarray) -> dict:
+    """Loss and accuracy on `indices` (no augmentation), summed over all processes."""
+    if len(indices) == 0:
+        return {"loss": math.nan, "acc": math.nan}
+    s.model.eval()
+    sums = torch.zeros(3, dtype=torch.float64, device=s.rt.device)
+    batches = data.iterate_batches(s.pixels, s.labels, indices, s.config.batch_size * 2, rank=s.rt.rank,
+                                   world_size=s.rt.world_size)
+    for x, y in data.prefetch(batches, s.rt.device):
+        if len(y) == 0:
+            continue
+        with s.mode.autocast(s.rt.device):
+            logits = s.raw_model(s.inputs(x, train=False))  # no DDP forward: ranks may have uneven batches
+        sums += torch.stack([F.cross_entropy(logits.float(), y, reduction="sum").double(),
+                             (logits.argmax(1) == y).sum().double(),
+                             torch.tensor(float(len(y)), dtype=torch.float64, device=s.rt.device)])
+    loss_sum, correct, seen = _all_reduce(sums.tolist(), s.rt)
+    return {"loss": loss_sum / seen, "acc": correct / seen}
+
+
+def prepare_session(config: TrainConfig, rt: Runtime) -> tuple[Session, dict | None]:
+    """Load the data, build the model and optimiser, choose the precision, and restore a resumed run."""
+    torch.manual_seed(config.seed)
+    resume = load_checkpoint(Path(config.resume) / "last.pt") if config.resume else None
+    run_dir = Path(config.resume) if config.resume else \
+        Path(config.runs_dir) / (config.name or f"{config.arch}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if not config.resume and (run_dir / "last.pt").exists():
+        raise DataError(f"run folder {run_dir} already holds a run: resume it with --resume {run_dir}, "
+                        "or choose another --name")
+    config.name = run_dir.name
+
+    found = data.find_labelled_images(config.data, config.id_col or None, config.label_col or None)
+    if rt.is_main:
+        for note in found.notes:
+            log.info(note)
+    cache_dir = config.cache_dir or None
+    if rt.distributed and not rt.is_main:
+        dist.barrier()  # rank 0 decodes and caches first; the others then read its cache
+    images = data.load_images(found.files, config.img_size, None, cache_dir, progress=rt.is_main and config.progress)
+    if rt.distributed and rt.is_main:
+        dist.barrier()
+    if images.bad and not config.skip_bad:
+        images.raise_if_bad()
+    train_idx, val_idx = data.stratified_split(found.labels, config.val_split, config.seed)
+    if images.bad:
+        train_idx = np.setdiff1d(train_idx, list(images.bad))
+        val_idx = np.setdiff1d(val_idx, list(images.bad))
+        if rt.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "skipped.txt").write_text("".join(f"{images.files[i]}\t{why}\n" for i, why in sorted(images.bad.items())))
+            log.warning("--skip-bad: left out %d unreadable image(s), listed in %s", len(images.bad), run_dir / "skipped.txt")
+    if resume and resume["class_names"] != found.class_names:
+        raise DataError(f"--resume: the classes in {config.data} differ from the run's {resume['class_names']}")
+    local_batch = config.batch_size // rt.world_size
+    if local_batch < 1:
+        raise DataError(f"--batch-size {config.batch_size} is smaller than the number of processes ({rt.world_size})")
+    if len(train_idx) < 2:
+        raise DataError(f"only {len(train_idx)} training image(s) after the validation split")
+    mean, std = (resume["mean"], resume["std"]) if resume else \
+        data.channel_stats(images.pixels, train_idx) if config.normalize else ([0.0] * images.channels, [1.0] * images.channels)
+
+    model = build_model(config.arch, len(found.class_names), images.channels, config.img_size,
+                        pretrained=config.pretrained and not resume)
+    if config.init and not resume:
+        init_from_checkpoint(model, config.init, config.arch)
+    model.to(rt.device)
+    if resume:
+        model.load_state_dict(resume["model"])
+        mode = Mode(**resume["mode"])
+    else:
+        x, y = next(data.iterate_batches(images.pixels, found.labels, train_idx, local_batch, shuffle=True, seed=config.seed))
+        mode = choose_mode(config, model, data.normalize(data.to_float(x.to(rt.device)), mean, std), y, rt)
+    model.to(memory_format=mode.memory_format)
+
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]  # biases and norms are not decayed
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if config.optimizer == "sgd":
+        optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=config.lr)
+    scaler = torch.amp.GradScaler(rt.device.type, enabled=mode.precision == "fp16")
+    wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None) \
+        if rt.distributed else model
+    s = Session(config, rt, run_dir, wrapped, model, optimizer, scaler, mode, images.pixels, found.labels,
+                train_idx, val_idx, found.class_names, mean, std,
+                data.Augment(hflip=config.hflip, rotate=config.rotate),
+                data.count_batches(len(train_idx), config.batch_size, drop_last=True), found.files)
+    if resume:
+        optimizer.load_state_dict(resume["optimizer"])
+        scaler.load_state_dict(resume["scaler"])
+        s.history, s.best_val_acc, s.best_epoch = resume["history"], resume["best_val_acc"], resume["best_epoch"]
+        s.train_time = resume["train_time"]
+    return s, resume
+
+
+def train(config: TrainConfig) -> Path:
+    """Train a model as `config` says; returns the run folder."""
+    rt = setup_runtime(config.device)
+    logging.basicConfig(level=logging.INFO if rt.is_main else logging.WARNING, format="%(message)s", stream=sys.stdout,
+                        force=True)
+    try:
+        return _train(config, rt)
+    finally:
+        if rt.distributed:
+            dist.destroy_process_group()
+
+
+def _train(config: TrainConfig, rt: Runtime) -> Path:
+    s, resume = prepare_session(config, rt)
+    run_dir = s.run_dir
+    start_epoch = resume["epoch"] + 1 if resume else 1
+    start_step, partial = (resume.get("step", 0), resume.get("partial")) if resume else (0, None)
+    if start_step >= s.steps_per_epoch:
+        start_step, partial = 0, None
+    if rt.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(run_dir / "config.json", lambda tmp: tmp.write_text(json.dumps(dataclasses.asdict(config), indent=2)))
+        update_run_info(run_dir, name=run_dir.name, arch=config.arch, epochs=config.epochs,
+                        epochs_done=start_epoch - 1, batch_size=config.batch_size, img_size=config.img_size,
+                        mode=str(s.mode), status="running", best_val_acc=s.best_val_acc if s.best_epoch else None,
+                        train_time=s.train_time)
+        log.info("%s: %s on %s, %d classes, %d train / %d val images of %dx%dx%d, %s, %d epochs -> %s",
+                 "resuming" if resume else "training", config.arch, rt.device, len(s.class_names), len(s.train_idx),
+                 len(s.val_idx), s.pixels.shape[1], config.img_size, config.img_size, s.mode, config.epochs, run_dir)
+    if start_epoch > config.epochs:
+        log.info("the run already has %d epochs; raise --epochs to train longer", config.epochs)
+    epoch = start_epoch - 1
+    with StopRequest() as stop:
+        try:
+            for epoch in range(start_epoch, config.epochs + 1):
+                if start_step and resume and resume.get("rng") is not None:  # continue mid-epoch exactly
+                    torch.set_rng_state(resume["rng"])
+                    if resume.get("cuda_rng") is not None:
+                        torch.cuda.set_rng_state(resume["cuda_rng"], rt.device)
+                else:  # each epoch's randomness depends only on (seed, epoch), so resuming repeats it
+                    torch.manual_seed(config.seed * 100_003 + epoch * 1009 + rt.rank)
+                result = train_one_epoch(s, epoch, stop, start_step, partial)
+                start_step, partial = 0, None
+                if result["stopped_at"] is not None:
+                    s.train_time += result["seconds"]
+                    if rt.is_main:
+                        save_checkpoint(run_dir / "last.pt", s.checkpoint(epoch - 1, result["stopped_at"], {
+                            k: result[k] for k in ("loss_sum", "correct", "seen", "seconds")}))
+                        update_run_info(run_dir, status="interrupted", train_time=s.train_time)
+                        log.warning("stopped at epoch %d step %d; resume with: python train_%s.py --resume %s",
+                                    epoch, result["stopped_at"], config.arch, run_dir)
+                    raise SystemExit(130)
+                val = evaluate(s, s.val_idx)
+                s.train_time += result["seconds"]
+                row = {"epoch": epoch, "train_loss": result["loss"], "train_acc": result["acc"], "val_loss": val["loss"],
+                       "val_acc": val["acc"], "lr": result["lr"], "seconds": result["seconds"],
+                       "images_per_s": result["seen"] / max(result["seconds"], 1e-9)}
+                s.history.append({k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()})
+                improved = len(s.val_idx) == 0 or val["acc"] > s.best_val_acc
+                if improved:
+                    s.best_val_acc, s.best_epoch = (val["acc"] if len(s.val_idx) else math.nan), epoch
+                if rt.is_main:
+                    save_checkpoint(run_dir / "last.pt", s.checkpoint(epoch))
+                    if improved:
+                        save_checkpoint(run_dir / "best.pt", s.checkpoint(epoch, light=True))
+                    write_metrics(run_dir / "metrics.csv", s.history)
+                    plot_curves(run_dir / "metrics.csv", run_dir / "curves.png", f"{run_dir.name} ({config.arch})")
+                    update_run_info(run_dir, epochs_done=epoch, best_val_acc=s.best_val_acc, best_epoch=s.best_epoch,
+                                    train_time=s.train_time, images_per_s=row["images_per_s"])
+                    log.info("epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  lr %.2e  %.1fs  %.0f img/s%s",
+                             epoch, config.epochs, row["train_loss"], row["train_acc"], row["val_loss"], row["val_acc"],
+                             row["lr"], row["seconds"], row["images_per_s"], "  *best*" if improved and len(s.val_idx) else "")
+                if epoch < config.epochs and (epoch == config.stop_at_epoch or _any_process(stop.requested, rt)):
+                    if rt.is_main:
+                        update_run_info(run_dir, status="paused" if epoch == config.stop_at_epoch else "interrupted")
+                        log.info("stopped after epoch %d of %d; continue with: python train_%s.py --resume %s",
+                                 epoch, config.epochs, config.arch, run_dir)
+                    return run_dir
+        except Diverged as e:
+            if rt.is_main:
+                update_run_info(run_dir, status="diverged")
+            kept = "best.pt and last.pt keep the last good epoch" if epoch > 1 else "no checkpoint was saved"
+            raise DataError(f"{e}: stopping ({kept}). Try a lower --lr, --grad-clip 1, or --precision fp32.") from None
+    if rt.is_main:
+        update_run_info(run_dir, status="finished")
+        log.info("done: best val acc %s at epoch %d; %s", _pct(s.best_val_acc) or "n/a (no validation split)",
+                 s.best_epoch, run_dir)
+    return run_dir
+
+
+def main(arch: str, argv=None, **defaults) -> Path | None:
+    """Entry point of each train_<arch>.py: parse flags over the script's defaults and train."""
+    try:
+        return train(parse_config(arch, defaults, argv))
+    except DataError as e:
+        sys.exit(f"error: {e}")
+
+
+def cli(argv=None):
+    parser = argparse.ArgumentParser(description="Tools for run folders.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    table = sub.add_parser("table", help="print the runs table as Markdown")
+    table.add_argument("--runs-dir", default="runs")
+    plot = sub.add_parser("plot", help="redraw a run's curves.png from its metrics.csv")
+    plot.add_argument("run_dir", type=Path)
+    args = parser.parse_args(argv)
+    if args.command == "table":
+        print(runs_table(args.runs_dir), end="")
+    else:
+        plot_curves(args.run_dir / "metrics.csv", args.run_dir / "curves.png", args.run_dir.name)
+        print(args.run_dir / "curves.png")
+
+
+if __name__ == "__main__":
+    cli()
