@@ -217,7 +217,7 @@ def _read_train_csv(root: Path, csv_path: Path, id_col, label_col, notes) -> tup
     if image_dir is None:
         raise DataError(f"{csv_path} found but no image folder: expected {root / 'train'} or {root / 'images'}")
     index = FileIndex(image_dir, notes)
-    files, names, missing, seen, duplicates = [], [], [], {}, []
+    files, names, missing, seen, duplicates, seen_paths = [], [], [], {}, [], {}
     for line, row in enumerate(rows, start=2):  # line 1 is the header
         where = f"{csv_path} line {line}"
         ident = _check_id(row.get(id_col) or "", where)
@@ -232,6 +232,10 @@ def _read_train_csv(root: Path, csv_path: Path, id_col, label_col, notes) -> tup
         if path is None:
             missing.append(f"line {line}: {ident!r}")
             continue
+        if path in seen_paths:  # e.g. "a" and "a.png": one image listed twice
+            duplicates.append(f"line {line}: {ident!r} (same file as line {seen_paths[path]})")
+            continue
+        seen_paths[path] = line
         files.append(path)
         names.append(label)
     if duplicates:
@@ -397,14 +401,12 @@ def _decode_all(files, img_size, channels, cache_dir, workers, progress, desc):
                     if err is not None:
                         bad[str(i)] = err
                         continue
-                    if img.shape[0] != pixels.shape[1]:  # first colour image: the dataset becomes RGB
+                    if img.shape[0] == 3 and pixels.shape[1] == 1:  # first colour image: the dataset becomes RGB
                         wider = new_array(3)
                         for s in range(0, i, 4096):
                             wider[s:min(i, s + 4096)] = pixels[s:min(i, s + 4096)]
                         os.unlink(pixels.filename)
                         pixels = wider
-                        if img.shape[0] == 1:
-                            img = np.repeat(img, 3, axis=0)
                     elif pixels.shape[1] == 3 and img.shape[0] == 1:
                         img = np.repeat(img, 3, axis=0)
                     pixels[i] = img
