@@ -62,7 +62,7 @@ class TrainConfig:
     optimizer: str = _opt("adamw", "optimiser", choices=["adamw", "sgd"])
     momentum: float = _opt(0.9, "SGD momentum")
     weight_decay: float = _opt(0.05, "weight decay (decoupled for AdamW)")
-    warmup_epochs: float = _opt(1.0, "linear warm-up length in epochs, then cosine decay to zero")
+    warmup_epochs: float = _opt(1.0, "linear warm-up in epochs (at most a quarter of the run), then cosine decay to zero")
     label_smoothing: float = _opt(0.0, "label smoothing of the training loss")
     grad_clip: float = _opt(0.0, "clip the gradient norm to this value (0: off)")
     val_split: float = _opt(0.1, "stratified hold-out fraction; 0 trains on everything")
@@ -483,7 +483,8 @@ class Session:
     def lr_at(self, step: int) -> float:
         """Linear warm-up, then cosine decay to zero, over every step of the run."""
         total = self.config.epochs * self.steps_per_epoch
-        warmup = min(int(self.config.warmup_epochs * self.steps_per_epoch), total - 1)
+        # A short run still decays: the warm-up never takes more than a quarter of it.
+        warmup = min(int(self.config.warmup_epochs * self.steps_per_epoch), total // 4)
         if step < warmup:
             return self.config.lr * (step + 1) / warmup
         progress = (step - warmup) / max(1, total - warmup)
@@ -662,8 +663,11 @@ def prepare_session(config: TrainConfig, rt: Runtime) -> tuple[Session, dict | N
     mean, std = (resume["mean"], resume["std"]) if resume else \
         data.channel_stats(images.pixels, train_idx) if config.normalize else ([0.0] * images.channels, [1.0] * images.channels)
 
-    model = build_model(config.arch, len(found.class_names), images.channels, config.img_size,
-                        pretrained=config.pretrained and not resume)
+    try:
+        model = build_model(config.arch, len(found.class_names), images.channels, config.img_size,
+                            pretrained=config.pretrained and not resume)
+    except (ValueError, RuntimeError) as e:  # e.g. no pretrained weights offline, an unsuitable --img-size
+        raise DataError(str(e)) from None
     if config.init and not resume:
         init_from_checkpoint(model, config.init, config.arch)
     model.to(rt.device)

@@ -236,6 +236,9 @@ def test_schedule_warms_up_then_decays_to_zero():
     lrs = [s.lr_at(i) for i in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:])) and lrs[-1] < 1e-3
+    s.config = trainer.TrainConfig(lr=1.0, epochs=1, warmup_epochs=1)
+    lrs = [s.lr_at(i) for i in range(10)]
+    assert lrs[1] == pytest.approx(1.0) and lrs[-1] < 0.05  # a one-epoch run warms up briefly, then decays
 
 
 def test_torchrun_two_processes(dataset, tmp_path):
