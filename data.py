@@ -51,7 +51,7 @@ def is_image(path: Path) -> bool:
     return path.suffix.lower() in IMG_EXTENSIONS
 
 
-def _listing(items, limit=10) -> str:
+def listing(items, limit=10) -> str:
     items = [str(i) for i in items]
     shown = "\n  ".join(items[:limit])
     more = f"\n  ... and {len(items) - limit} more" if len(items) > limit else ""
@@ -87,7 +87,7 @@ def _scan_images(folder: Path, notes: list[str]) -> list[tuple[str, Path]]:
             else:
                 others.append(os.path.join(dirpath, name))
     if others:
-        notes.append(f"ignored {len(others)} non-image file(s) in {folder}:{_listing(sorted(others), 5)}")
+        notes.append(f"ignored {len(others)} non-image file(s) in {folder}:{listing(sorted(others), 5)}")
     found.sort(key=lambda item: natural_key(item[0]))
     return [(rel, Path(dirpath, name)) for rel, dirpath, name in found]
 
@@ -239,9 +239,9 @@ def _read_train_csv(root: Path, csv_path: Path, id_col, label_col, notes) -> tup
         files.append(path)
         names.append(label)
     if duplicates:
-        raise DataError(f"{csv_path}: {len(duplicates)} duplicate id(s):{_listing(duplicates)}")
+        raise DataError(f"{csv_path}: {len(duplicates)} duplicate id(s):{listing(duplicates)}")
     if missing:
-        raise DataError(f"{csv_path}: {len(missing)} row(s) name an image not found in {image_dir}:{_listing(missing)}")
+        raise DataError(f"{csv_path}: {len(missing)} row(s) name an image not found in {image_dir}:{listing(missing)}")
     if not files:
         raise DataError(f"{csv_path}: no rows")
     unused = len(index.files) - len(files)
@@ -314,11 +314,10 @@ class ImageArray:
     def good_indices(self) -> np.ndarray:
         return np.array([i for i in range(len(self.files)) if i not in self.bad], dtype=np.int64)
 
-    def raise_if_bad(self):
+    def raise_if_bad(self, hint: str = "fix or remove them, or pass --skip-bad to leave them out"):
         if self.bad:
             items = [f"{self.files[i]}: {why}" for i, why in sorted(self.bad.items())]
-            raise DataError(f"{len(items)} image file(s) cannot be read:{_listing(items)}\n"
-                            "fix or remove them, or pass --skip-bad to leave them out")
+            raise DataError(f"{len(items)} image file(s) cannot be read:{listing(items)}\n{hint}")
 
 
 def default_cache_dir(root: Path) -> Path:
@@ -545,11 +544,29 @@ def to_float(x: torch.Tensor) -> torch.Tensor:
     return x.float().div_(255.0)
 
 
+def tta_views(x: torch.Tensor, hflip: bool) -> list[torch.Tensor]:
+    """Test-time views of a batch: itself, and its mirror image when the model was trained with flips
+    (a view it never saw would only add noise)."""
+    return [x, x.flip(3)] if hflip else [x]
+
+
 def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
     """Float images in 0..1 to zero-mean unit-std per channel (mean/std from the training images)."""
     mean = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     std = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     return (x - mean) / std
+
+
+def prepare_batch(x: torch.Tensor, mean_std: tuple | None = None, augment: Augment | None = None,
+                  memory_format=torch.contiguous_format) -> torch.Tensor:
+    """uint8 images on the device -> the model's input: 0..1 floats, augmented (training only), normalised
+    with (mean, std) when given. Training and prediction both go through here."""
+    x = to_float(x)
+    if augment is not None:
+        x = augment(x)
+    if mean_std is not None:
+        x = normalize(x, *mean_std)
+    return x.contiguous(memory_format=memory_format)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -492,12 +492,8 @@ class Session:
 
     def inputs(self, x: torch.Tensor, train: bool) -> torch.Tensor:
         """uint8 images on the device -> the model's input (augmented when training)."""
-        x = data.to_float(x)
-        if train:
-            x = self.augment(x)
-        if self.config.normalize:
-            x = data.normalize(x, self.mean, self.std)
-        return x.contiguous(memory_format=self.mode.memory_format)
+        return data.prepare_batch(x, (self.mean, self.std) if self.config.normalize else None,
+                                  self.augment if train else None, self.mode.memory_format)
 
     def checkpoint(self, epoch: int, step: int = 0, partial: dict | None = None, light: bool = False) -> dict:
         ckpt = {
@@ -676,7 +672,7 @@ def prepare_session(config: TrainConfig, rt: Runtime) -> tuple[Session, dict | N
         mode = Mode(**resume["mode"])
     else:
         x, y = next(data.iterate_batches(images.pixels, found.labels, train_idx, local_batch, shuffle=True, seed=config.seed))
-        mode = choose_mode(config, model, data.normalize(data.to_float(x.to(rt.device)), mean, std), y, rt)
+        mode = choose_mode(config, model, data.prepare_batch(x.to(rt.device), (mean, std)), y, rt)
     model.to(memory_format=mode.memory_format)
 
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]

@@ -1,0 +1,534 @@
+"""From trained runs to a submission the competition accepts; probabilities for blending; a check of a
+model on labelled data. Everything about a model comes from its checkpoint; images are read by data.py.
+
+    python predict.py runs/cnn --data data/fashion-mnist                        # -> submission.csv
+    python predict.py runs/cnn --data data/fashion-mnist --solution data/fashion-mnist/solution.csv
+                                          # ... and print its accuracy (one model's is saved as its run's test acc)
+    python predict.py runs/cnn runs/resnet --data DIR --tta --probs probs.csv   # ensemble, flip TTA, probabilities
+    python predict.py runs/cnn --data DIR --eval                                # check on the run's validation split
+    python predict.py runs/cnn --data DIR --eval --solution DIR/solution.csv    # check on the labelled test set
+
+A run folder means its best.pt. With DIR/sample_submission.csv the submission keeps its header, its rows and
+their order (ids with or without the file extension); without one it lists every image of DIR/test/ in natural
+order under the header `id,label`. --eval writes no submission: it prints accuracy and per-class
+precision/recall and saves confusion_matrix.png and wrong.png (the most confidently wrong images) in the run
+folder of the first checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import math
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+import data
+from data import DataError
+from trainer import Mode, atomic_write, load_checkpoint, model_from_checkpoint, setup_runtime, update_run_info
+
+log = logging.getLogger("imgcomp")
+
+DEFAULT_HEADER = ["id", "label"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Models
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class Predictor:
+    """One checkpoint, its model on the device, and the precision it was trained with."""
+    path: Path
+    checkpoint: dict
+    model: nn.Module
+    mode: Mode
+
+    @property
+    def run_dir(self) -> Path:
+        return self.path.parent
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.checkpoint["class_names"]
+
+
+def checkpoint_path(path: str | Path) -> Path:
+    """A run folder means its best.pt; anything else is taken as a checkpoint file."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "best.pt").is_file():
+            raise DataError(f"run folder {path} has no best.pt (has the run finished an epoch?)")
+        return path / "best.pt"
+    return path
+
+
+def load_models(paths: list[str], device: torch.device) -> list[Predictor]:
+    """Load each checkpoint (without executing code) and build its model; all must share one class list."""
+    predictors = []
+    for given in paths:
+        path = checkpoint_path(given)
+        ckpt = load_checkpoint(path)
+        mode = Mode(**ckpt["mode"])
+        model = model_from_checkpoint(ckpt).to(device, memory_format=mode.memory_format).eval()
+        predictors.append(Predictor(path, ckpt, model, mode))
+        log.info("%s: %s, %d classes, %dpx x %d channel(s), epoch %d, %s", path, ckpt["arch"], len(ckpt["class_names"]),
+                 ckpt["img_size"], ckpt["channels"], ckpt["epoch"], mode)
+    first = predictors[0]
+    for p in predictors[1:]:
+        if p.class_names != first.class_names:
+            raise DataError(f"cannot ensemble checkpoints trained on different classes:\n"
+                            f"  {first.path}: {first.class_names}\n  {p.path}: {p.class_names}")
+    return predictors
+
+
+# ----------------------------------------------------------------------------------------------
+# Which rows: the sample submission, or every test image
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class IdTable:
+    """A CSV of (id, value) rows such as sample_submission.csv or solution.csv; `lines` are the file's
+    line numbers of the rows, for messages."""
+    path: Path | None
+    header: list[str]
+    ids: list[str]
+    values: list[str]
+    lines: list[int]
+
+
+def read_sample(path: str | Path) -> IdTable:
+    """The header and rows of an id CSV: the first column is the id, the second the label."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path} does not exist")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if not header:
+                raise DataError(f"{path}: empty file (no header row)")
+            if len(header) < 2:
+                raise DataError(f"{path}: the header {header} has {len(header)} column(s); expected id and label")
+            ids, values, lines = [], [], []
+            for row in reader:
+                if not row:
+                    continue
+                if len(row) != len(header):
+                    raise DataError(f"{path} line {reader.line_num}: {len(row)} column(s), the header has {len(header)}")
+                ids.append(row[0])
+                values.append(row[1])
+                lines.append(reader.line_num)
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"{path}: not a readable CSV file ({e})") from None
+    return IdTable(path, header, ids, values, lines)
+
+
+def match_ids(table: IdTable, test_dir: Path, complete: bool = True) -> list[Path]:
+    """The test image of each id of `table`, in its order. Errors list ids without a file, duplicate ids and,
+    when `complete`, test images that no row names."""
+    index = data.FileIndex(test_dir, [])
+    files, missing, duplicates, seen = [], [], [], {}
+    for ident, line in zip(table.ids, table.lines):
+        key = ident.strip()
+        if key in seen:
+            duplicates.append(f"line {line}: {ident!r} (first on line {seen[key]})")
+            continue
+        seen[key] = line
+        path = index.find(key) if key else None
+        if path is None:
+            missing.append(f"line {line}: {ident!r}")
+        files.append(path)
+    if duplicates:
+        raise DataError(f"{table.path}: {len(duplicates)} duplicate id(s):{data.listing(duplicates)}")
+    if missing:
+        raise DataError(f"{table.path}: {len(missing)} id(s) have no image in {test_dir}:{data.listing(missing)}")
+    if complete:
+        unnamed = sorted(set(index.files) - set(files), key=lambda p: data.natural_key(str(p)))
+        if unnamed:
+            raise DataError(f"{len(unnamed)} image(s) in {test_dir} are missing from {table.path}:{data.listing(unnamed)}")
+    return files
+
+
+def test_rows(data_dir: Path) -> tuple[list[str], list[str], list[Path]]:
+    """(header, ids, image files) of the submission: the sample's when DIR/sample_submission.csv exists,
+    else every test image in natural order, ids without extension."""
+    test_dir = data_dir / "test"
+    files = data.find_test_images(data_dir)  # also: a clear error when test/ is missing or empty
+    sample_path = data_dir / "sample_submission.csv"
+    if sample_path.is_file():
+        sample = read_sample(sample_path)
+        if len(sample.header) != 2:
+            raise DataError(f"{sample_path}: {len(sample.header)} columns {sample.header}; "
+                            "predict.py writes an id and one prediction column")
+        if not sample.ids:
+            raise DataError(f"{sample_path}: no rows")
+        matched = match_ids(sample, test_dir)
+        if len(matched) != len(files):  # match_ids already names the difference; this guards the count itself
+            raise DataError(f"{sample_path}: {len(matched)} rows for {len(files)} test images")
+        return sample.header, sample.ids, matched
+    ids = [os.path.splitext(Path(os.path.relpath(f, test_dir)).as_posix())[0] for f in files]
+    if len(set(ids)) != len(ids):
+        clashes = sorted({i for i in ids if ids.count(i) > 1})
+        raise DataError(f"{test_dir}: several images share an id once the extension is dropped:{data.listing(clashes)}\n"
+                        f"add a sample_submission.csv naming them")
+    log.info("no %s: predicting every image of %s with the header %s", sample_path, test_dir, ",".join(DEFAULT_HEADER))
+    return list(DEFAULT_HEADER), ids, files
+
+
+# ----------------------------------------------------------------------------------------------
+# Probabilities
+# ----------------------------------------------------------------------------------------------
+
+class ImageCache:
+    """Decoded images per (size, channels): an ensemble decodes once per input size, through data.py's
+    on-disk cache."""
+
+    def __init__(self, cache_dir: str | None, progress: bool):
+        self.cache_dir, self.progress = cache_dir, progress
+        self.arrays: dict[tuple, data.ImageArray] = {}
+
+    def pixels(self, files: list[Path], img_size: int, channels: int) -> np.ndarray:
+        key = (tuple(files), img_size, channels)
+        if key not in self.arrays:
+            images = data.load_images(files, img_size, channels, self.cache_dir, progress=self.progress)
+            images.raise_if_bad("every test image needs a prediction: replace or fix them")
+            self.arrays[key] = images
+        return self.arrays[key].pixels
+
+
+@torch.no_grad()
+def model_probs(p: Predictor, pixels: np.ndarray, device: torch.device, batch_size: int, tta: bool) -> np.ndarray:
+    """Softmax probabilities (N, classes) of one model, averaged over the TTA views; batched, in the
+    precision and memory format the model was trained with."""
+    ckpt = p.checkpoint
+    out = np.zeros((len(pixels), len(ckpt["class_names"])), dtype=np.float64)
+    batches = data.iterate_batches(pixels, None, np.arange(len(pixels)), batch_size)
+    mean_std = (ckpt["mean"], ckpt["std"]) if ckpt["normalize"] else None
+    for x, idx in data.prefetch(batches, device):
+        views = data.tta_views(x, tta and ckpt["config"].get("hflip", False))
+        total = 0
+        for view in views:
+            with p.mode.autocast(device):
+                logits = p.model(data.prepare_batch(view, mean_std, memory_format=p.mode.memory_format))
+            total = total + logits.float().softmax(1)
+        out[idx.cpu().numpy()] = (total / len(views)).double().cpu().numpy()
+    return out
+
+
+def predict_probs(predictors: list[Predictor], files: list[Path], images: ImageCache, device: torch.device,
+                  batch_size: int, tta: bool) -> np.ndarray:
+    """The ensemble's probabilities for `files`: the mean of each model's softmax, each model at its own
+    image size and channels."""
+    total = np.zeros((len(files), len(predictors[0].class_names)), dtype=np.float64)
+    for p in predictors:
+        pixels = images.pixels(files, p.checkpoint["img_size"], p.checkpoint["channels"])
+        total += model_probs(p, pixels, device, batch_size, tta)
+    return total / len(predictors)
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing and scoring
+# ----------------------------------------------------------------------------------------------
+
+def check_submission(table: IdTable, header: list[str], ids: list[str], class_names: list[str]):
+    """The submission as read back from disk: the expected header, one row per id in the expected order,
+    no duplicates, every value a known class."""
+    where = table.path
+    if table.header != header:
+        raise DataError(f"{where}: header {table.header} differs from the expected {header}")
+    if len(set(table.ids)) != len(table.ids):
+        raise DataError(f"{where}: duplicate ids")
+    if table.ids != ids:
+        raise DataError(f"{where}: {len(table.ids)} rows do not match the {len(ids)} expected ids in order")
+    unknown = sorted(set(table.values) - set(class_names))
+    if unknown:
+        raise DataError(f"{where}: values that are not classes: {unknown}")
+
+
+def write_submission(path: Path, header: list[str], ids: list[str], predictions: list[str], class_names: list[str]):
+    """Write the submission atomically, after checking what was written reads back as intended."""
+    path = Path(path)
+
+    def write(tmp):
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(header)
+            w.writerows(zip(ids, predictions))
+        written = read_sample(tmp)
+        written.path = path
+        check_submission(written, header, ids, class_names)
+        if written.values != list(predictions):
+            raise DataError(f"{path}: the predictions do not read back as written")
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, write)
+
+
+def write_probs(path: Path, id_column: str, ids: list[str], probs: np.ndarray, class_names: list[str]):
+    """Per-class probabilities, one column per class (named as in training), for blending later."""
+    def write(tmp):
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow([id_column, *class_names])
+            for ident, row in zip(ids, probs):
+                w.writerow([ident, *(f"{v:.6f}" for v in row)])
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(Path(path), write)
+
+
+def score(submission_csv: str | Path, solution_csv: str | Path) -> float:
+    """Accuracy of a submission against a solution CSV (id, label), matching rows by id."""
+    sub, sol = read_sample(submission_csv), read_sample(solution_csv)
+    predicted = {}
+    for ident, value, line in zip(sub.ids, sub.values, sub.lines):
+        if ident.strip() in predicted:
+            raise DataError(f"{sub.path} line {line}: duplicate id {ident!r}")
+        predicted[ident.strip()] = value.strip()
+    wanted = [i.strip() for i in sol.ids]
+    missing = [i for i in wanted if i not in predicted]
+    extra = sorted(set(predicted) - set(wanted), key=data.natural_key)
+    if missing or extra:
+        raise DataError(f"{sub.path} and {sol.path} hold different ids: {len(missing)} missing from the "
+                        f"submission{data.listing(missing, 5) if missing else ''}; {len(extra)} not in the "
+                        f"solution{data.listing(extra, 5) if extra else ''}")
+    if not wanted:
+        raise DataError(f"{sol.path}: no rows")
+    return sum(predicted[i] == v.strip() for i, v in zip(wanted, sol.values)) / len(wanted)
+
+
+# ----------------------------------------------------------------------------------------------
+# Checking a model on labelled data
+# ----------------------------------------------------------------------------------------------
+
+def validation_images(predictors: list[Predictor], data_dir: Path) -> tuple[list[Path], np.ndarray]:
+    """The files and labels of the run's validation split (the same split for every checkpoint)."""
+    first = predictors[0].checkpoint
+    for p in predictors[1:]:
+        if p.checkpoint["val_files"] != first["val_files"]:
+            raise DataError(f"{predictors[0].path} and {p.path} hold out different validation images: "
+                            "evaluate the ensemble with --solution FILE instead")
+    if not first["val_files"]:
+        raise DataError(f"{predictors[0].path} was trained without a validation split: use --solution FILE")
+    config = first["config"]
+    found = data.find_labelled_images(data_dir, config.get("id_col") or None, config.get("label_col") or None)
+    by_rel = {Path(os.path.relpath(f, data_dir)).as_posix(): i for i, f in enumerate(found.files)}
+    missing = [rel for rel in first["val_files"] if rel not in by_rel]
+    if missing:
+        raise DataError(f"{len(missing)} validation image(s) of {predictors[0].path} are not training images of "
+                        f"{data_dir} (trained on {config.get('data')!r}?):{data.listing(missing)}")
+    rows = [by_rel[rel] for rel in first["val_files"]]
+    names = [found.class_names[found.labels[i]] for i in rows]
+    return [found.files[i] for i in rows], label_indices(names, predictors[0].class_names, f"{data_dir}")
+
+
+def solution_images(solution: Path, data_dir: Path, class_names: list[str]) -> tuple[list[Path], np.ndarray]:
+    """The test images named by a solution CSV (sample format) and their labels."""
+    table = read_sample(solution)
+    if not table.ids:
+        raise DataError(f"{solution}: no rows")
+    files = match_ids(table, data_dir / "test", complete=False)
+    return files, label_indices([v.strip() for v in table.values], class_names, str(solution), table.lines)
+
+
+def label_indices(names: list[str], class_names: list[str], where: str, lines=None) -> np.ndarray:
+    """Class names -> indices into the model's `class_names`; a name the model never saw is an error."""
+    index = {name: i for i, name in enumerate(class_names)}
+    unknown = [f"line {lines[k]}: {n!r}" if lines else repr(n) for k, n in enumerate(names) if n not in index]
+    if unknown:
+        raise DataError(f"{where}: {len(unknown)} label(s) are not among the model's classes {class_names}:"
+                        f"{data.listing(unknown)}")
+    return np.array([index[n] for n in names], dtype=np.int64)
+
+
+def evaluate_labels(probs: np.ndarray, labels: np.ndarray, class_names: list[str]) -> dict:
+    """Accuracy, the confusion matrix (rows: true class, columns: predicted) and per-class precision/recall."""
+    n = len(class_names)
+    predicted = probs.argmax(1)
+    confusion = np.zeros((n, n), dtype=np.int64)
+    np.add.at(confusion, (labels, predicted), 1)
+    correct = np.diag(confusion).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = correct / confusion.sum(0)  # NaN for a class never predicted
+        recall = correct / confusion.sum(1)
+    return {"accuracy": float(correct.sum() / max(len(labels), 1)), "confusion": confusion,
+            "precision": precision, "recall": recall, "support": confusion.sum(1), "predicted": predicted}
+
+
+def format_report(result: dict, class_names: list[str], what: str) -> str:
+    """Accuracy, then one line of precision, recall and support per class."""
+    width = max(12, *(len(n) for n in class_names))
+    lines = [f"accuracy {result['accuracy']:.4f} on {int(result['support'].sum())} images ({what})",
+             f"{'class':<{width}}  precision  recall  support"]
+    for name, p, r, s in zip(class_names, result["precision"], result["recall"], result["support"]):
+        lines.append(f"{name:<{width}}  {_number(p):>9}  {_number(r):>6}  {s:7d}")
+    return "\n".join(lines)
+
+
+def _number(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.4f}"  # precision of a class never predicted
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig, path: Path):
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    _pyplot().close(fig)
+
+
+def plot_confusion(confusion: np.ndarray, class_names: list[str], path: Path, title: str):
+    """The confusion matrix as a heat map with counts; rows are the true classes."""
+    plt = _pyplot()
+    n = len(class_names)
+    side = min(20, 3 + 0.6 * n)
+    fig, ax = plt.subplots(figsize=(side + 1, side))
+    im = ax.imshow(confusion, cmap="Blues")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    ax.set_xticks(range(n), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(n), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    if n <= 30:
+        limit = confusion.max() / 2
+        for (i, j), v in np.ndenumerate(confusion):
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=8, color="white" if v > limit else "black")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_wrong(pixels: np.ndarray, probs: np.ndarray, labels: np.ndarray, class_names: list[str], path: Path,
+               count: int = 16):
+    """A grid of the `count` wrong predictions made with the highest confidence, with true and predicted labels."""
+    plt = _pyplot()
+    predicted = probs.argmax(1)
+    wrong = np.flatnonzero(predicted != labels)
+    wrong = wrong[np.argsort(-probs[wrong, predicted[wrong]], kind="stable")][:count]
+    cols = max(1, min(4, len(wrong)))
+    rows = max(1, math.ceil(len(wrong) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.9 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    if len(wrong) == 0:
+        axes[0, 0].text(0.5, 0.5, "no wrong predictions", ha="center", va="center")
+    for ax, i in zip(axes.flat, wrong):
+        img = np.asarray(pixels[i])
+        if img.shape[0] == 1:
+            ax.imshow(img[0], cmap="gray", vmin=0, vmax=255)
+        else:
+            ax.imshow(img.transpose(1, 2, 0))
+        ax.set_title(f"true: {class_names[labels[i]]}\npred: {class_names[predicted[i]]} ({probs[i, predicted[i]]:.0%})",
+                     fontsize=8)
+    fig.suptitle("most confidently wrong")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Entry point
+# ----------------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="predict.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoints", nargs="+", metavar="RUN_OR_CKPT",
+                        help="run folders (their best.pt) or checkpoint files; several make an ensemble")
+    parser.add_argument("--data", required=True, help="dataset folder (test/, sample_submission.csv)")
+    parser.add_argument("--out", default=None, help="submission file to write (default: submission.csv)")
+    parser.add_argument("--tta", action="store_true", help="average with horizontally flipped images "
+                                                            "(models trained with flips)")
+    parser.add_argument("--probs", default=None, metavar="FILE", help="also write per-class probabilities here")
+    parser.add_argument("--solution", default=None, metavar="FILE",
+                        help="answers (id, label) of the test images: print the submission's accuracy, "
+                             "or with --eval check the model on them")
+    parser.add_argument("--eval", action="store_true", help="check the model on labelled data (the run's validation "
+                                                           "split, or --solution) instead of writing a submission")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    parser.add_argument("--cache-dir", default="", help="where decoded images are cached (default: next to them)")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                        help="show a progress bar while decoding images")
+    return parser
+
+
+def run_eval(args, predictors: list[Predictor], images: ImageCache, device: torch.device) -> dict:
+    """--eval: report on the validation split or the --solution images, and save the figures."""
+    data_dir, first = Path(args.data), predictors[0]
+    class_names = first.class_names
+    if args.solution:
+        files, labels = solution_images(Path(args.solution), data_dir, class_names)
+        what = f"{args.solution}"
+    else:
+        files, labels = validation_images(predictors, data_dir)
+        what = f"validation split of {first.path}"
+    probs = predict_probs(predictors, files, images, device, args.batch_size, args.tta)
+    result = evaluate_labels(probs, labels, class_names)
+    print(format_report(result, class_names, what + (", TTA" if args.tta else "")))
+    title = " + ".join(p.checkpoint["arch"] for p in predictors) + f": accuracy {result['accuracy']:.2%}"
+    plot_confusion(result["confusion"], class_names, first.run_dir / "confusion_matrix.png", title)
+    pixels = images.pixels(files, first.checkpoint["img_size"], first.checkpoint["channels"])
+    plot_wrong(pixels, probs, labels, class_names, first.run_dir / "wrong.png")
+    print(f"saved {first.run_dir / 'confusion_matrix.png'} and {first.run_dir / 'wrong.png'}")
+    if args.solution:
+        record_test_acc(predictors, result["accuracy"])
+    return result
+
+
+def record_test_acc(predictors: list[Predictor], accuracy: float):
+    """The runs table's test accuracy belongs to a single model's run; an ensemble's belongs to none."""
+    if len(predictors) == 1 and (predictors[0].run_dir / "run.json").is_file():
+        update_run_info(predictors[0].run_dir, test_acc=accuracy)
+
+
+def run_predict(args, predictors: list[Predictor], images: ImageCache, device: torch.device) -> Path:
+    """Write the submission (and --probs), and score it when --solution is given."""
+    data_dir, class_names = Path(args.data), predictors[0].class_names
+    header, ids, files = test_rows(data_dir)
+    probs = predict_probs(predictors, files, images, device, args.batch_size, args.tta)
+    out = Path(args.out or "submission.csv")
+    write_submission(out, header, ids, [class_names[i] for i in probs.argmax(1)], class_names)
+    print(f"wrote {out}: {len(ids)} rows, {len(predictors)} model(s){', TTA' if args.tta else ''}")
+    if args.probs:
+        write_probs(Path(args.probs), header[0], ids, probs, class_names)
+        print(f"wrote {args.probs}: probabilities of {len(class_names)} classes")
+    if args.solution:
+        accuracy = score(out, args.solution)
+        print(f"accuracy against {args.solution}: {accuracy:.4f}")
+        record_test_acc(predictors, accuracy)
+    return out
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        if args.eval and (args.out or args.probs):
+            raise DataError("--eval checks a model and writes no submission: drop --out/--probs, or --eval")
+        if args.batch_size < 1:
+            raise DataError(f"--batch-size must be at least 1, got {args.batch_size}")
+        if not Path(args.data).is_dir():
+            raise DataError(f"dataset folder {args.data} does not exist")
+        device = setup_runtime(args.device).device
+        predictors = load_models(args.checkpoints, device)
+        images = ImageCache(args.cache_dir or None, args.progress)
+        if args.eval:
+            return run_eval(args, predictors, images, device)
+        return run_predict(args, predictors, images, device)
+    except DataError as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()
