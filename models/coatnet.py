@@ -3,8 +3,9 @@
 "CoAtNet: Marrying Convolution and Attention for All Data Sizes" (Dai et al.,
 https://arxiv.org/abs/2106.04803).
 """
-import timm
 from torch import nn
+
+from .common import create_timm_model
 
 
 def build_coatnet(num_classes: int, in_chans: int, img_size: int, pretrained: bool = False,
@@ -14,14 +15,6 @@ def build_coatnet(num_classes: int, in_chans: int, img_size: int, pretrained: bo
         # timm sizes the attention windows as img_size / 32; other sizes fail later with a shape error.
         raise ValueError(f"coatnet needs img_size divisible by 32, got {img_size}; "
                          "resize the images to e.g. 32, 64 or 224")
-    try:
-        return timm.create_model("coatnet_0_rw_224", pretrained=pretrained,
-                                 num_classes=num_classes, in_chans=in_chans, img_size=img_size,
-                                 drop_rate=drop_rate, drop_path_rate=drop_path_rate)
-    except OSError as err:  # hub unreachable, offline mode, file missing from the cache
-        if not pretrained:
-            raise
-        raise RuntimeError(
-            "could not fetch pretrained weights for coatnet (are you offline?) from the Hugging "
-            "Face hub (timm/coatnet_0_rw_224.sw_in1k); fill the hub cache ($HF_HOME) or use "
-            f"pretrained=False. Cause: {err}") from err
+    return create_timm_model("coatnet", "coatnet_0_rw_224", pretrained, num_classes=num_classes,
+                             in_chans=in_chans, img_size=img_size, drop_rate=drop_rate,
+                             drop_path_rate=drop_path_rate)
