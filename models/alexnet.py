@@ -2,7 +2,7 @@
 
 "ImageNet Classification with Deep Convolutional Neural Networks" (Krizhevsky et al., 2012,
 https://papers.nips.cc/paper/4824), in the single-tower form of torchvision's ``alexnet``,
-https://arxiv.org/abs/1404.5997. For inputs under 64 pixels the 11x11 stride-4 stem would
+https://arxiv.org/abs/1404.5997. For inputs under 128 pixels the 11x11 stride-4 stem would
 shrink the image to almost nothing, so small inputs get a 3x3 stride-1 stem and two poolings.
 """
 import torch
@@ -69,10 +69,10 @@ class AlexNet(nn.Module):
 def build_alexnet(num_classes: int, in_chans: int, img_size: int, pretrained: bool = False,
                   hidden: int | None = None, dropout: float = 0.5,
                   batch_norm: bool = False) -> nn.Module:
-    """Build AlexNet, picking the small-input variant when ``img_size < 64``."""
+    """Build AlexNet, picking the small-input variant when ``img_size < 128``."""
     if pretrained:
         raise ValueError("no pretrained weights exist for 'alexnet'; use pretrained=False")
-    small = img_size < 64
+    small = img_size < 128  # the classic stem leaves a 64-96 px input at 1x1 before the 6x6 pooling
     if hidden is None:
         # 4096 is the paper's width; 1024 keeps the small variant (~6M parameters) trainable on a CPU.
         hidden = 1024 if small else 4096
