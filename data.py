@@ -375,40 +375,45 @@ def load_images(files: list[Path], img_size: int, channels: int | None = None, c
 
 def _decode_all(files, img_size, channels, cache_dir, workers, progress, desc):
     n = len(files)
-    workers = workers or min(16, (os.cpu_count() or 1) + 2)
+    workers = workers or min(8, os.cpu_count() or 1)
 
     def new_array(c):
         fd, name = tempfile.mkstemp(dir=cache_dir, suffix=".npy.tmp")
         os.close(fd)
         return np.lib.format.open_memmap(name, mode="w+", dtype=np.uint8, shape=(n, c, img_size, img_size))
 
-    def decode(i):
-        try:
-            return i, decode_image(files[i], img_size, channels), None
-        except Exception as e:  # noqa: BLE001 - every failure is reported with its file
-            return i, None, str(e)
+    def decode(chunk):
+        out = []
+        for i in chunk:
+            try:
+                out.append((i, decode_image(files[i], img_size, channels), None))
+            except Exception as e:  # noqa: BLE001 - every failure is reported with its file
+                out.append((i, None, str(e)))
+        return out
 
     pixels = new_array(channels or 1)
     bad: dict[str, str] = {}
-    window = workers * 64  # bounded look-ahead: decoded images are written as they arrive
+    # Chunks of images per task: one task per image cost more in scheduling than the decoding itself.
+    chunks = [range(s, min(n, s + 256)) for s in range(0, n, 256)]
     try:
         with ThreadPoolExecutor(workers) as pool, tqdm(total=n, desc=desc, unit="img", disable=not progress,
                                                        leave=False) as bar:
-            for start in range(0, n, window):
-                for i, img, err in pool.map(decode, range(start, min(n, start + window))):
-                    bar.update()
-                    if err is not None:
-                        bad[str(i)] = err
-                        continue
-                    if img.shape[0] == 3 and pixels.shape[1] == 1:  # first colour image: the dataset becomes RGB
-                        wider = new_array(3)
-                        for s in range(0, i, 4096):
-                            wider[s:min(i, s + 4096)] = pixels[s:min(i, s + 4096)]
-                        os.unlink(pixels.filename)
-                        pixels = wider
-                    elif pixels.shape[1] == 3 and img.shape[0] == 1:
-                        img = np.repeat(img, 3, axis=0)
-                    pixels[i] = img
+            for start in range(0, len(chunks), workers * 2):  # bounded look-ahead
+                for results in pool.map(decode, chunks[start:start + workers * 2]):
+                    bar.update(len(results))
+                    for i, img, err in results:
+                        if err is not None:
+                            bad[str(i)] = err
+                            continue
+                        if img.shape[0] == 3 and pixels.shape[1] == 1:  # first colour image: the dataset becomes RGB
+                            wider = new_array(3)
+                            for s in range(0, i, 4096):
+                                wider[s:min(i, s + 4096)] = pixels[s:min(i, s + 4096)]
+                            os.unlink(pixels.filename)
+                            pixels = wider
+                        elif pixels.shape[1] == 3 and img.shape[0] == 1:
+                            img = np.repeat(img, 3, axis=0)
+                        pixels[i] = img
     except BaseException:
         os.unlink(pixels.filename)
         raise

@@ -21,16 +21,18 @@ class CNN(nn.Module):
     """conv-conv-pool, conv-conv-pool, then Linear-BN-ReLU-Dropout-Linear; returns logits."""
 
     def __init__(self, num_classes: int, in_chans: int = 1, widths: tuple = (64, 128),
-                 hidden: int = 512, dropout: float = 0.3, pool_size: int = 7):
+                 hidden: int = 512, dropout: float = 0.3, pool_size: int = 7, img_size: int = 28):
         super().__init__()
         w1, w2 = widths
+        # No dropout between the conv blocks: on a CPU its random masks took ~20% of a training step
+        # (bench/profile_step.py), and the model reached 93% test accuracy sooner without it.
         self.features = nn.Sequential(
-            conv_bn_relu(in_chans, w1), conv_bn_relu(w1, w1), nn.MaxPool2d(2), nn.Dropout(dropout),
-            conv_bn_relu(w1, w2), conv_bn_relu(w2, w2), nn.MaxPool2d(2), nn.Dropout(dropout),
+            conv_bn_relu(in_chans, w1), conv_bn_relu(w1, w1), nn.MaxPool2d(2),
+            conv_bn_relu(w1, w2), conv_bn_relu(w2, w2), nn.MaxPool2d(2),
         )
-        # 7x7 is exactly what a 28x28 input reaches after two poolings, so at 28 this is a no-op;
-        # larger inputs are averaged down to it, keeping the head the same size for any img_size.
-        self.pool = nn.AdaptiveAvgPool2d(pool_size)
+        # Larger inputs are averaged down to pool_size x pool_size, keeping the head the same size for
+        # any img_size; 28x28 inputs are already 7x7 there, and skip the pool's cost.
+        self.pool = nn.AdaptiveAvgPool2d(pool_size) if img_size // 4 != pool_size else nn.Identity()
         self.head = nn.Sequential(
             nn.Flatten(),
             nn.Linear(w2 * pool_size * pool_size, hidden, bias=False),
@@ -52,7 +54,7 @@ class CNN(nn.Module):
 
 def build_cnn(num_classes: int, in_chans: int, img_size: int, pretrained: bool = False,
               dropout: float = 0.3, hidden: int = 512) -> nn.Module:
-    """Build the CNN; ``img_size`` is accepted for a uniform signature (any size >= 4 works)."""
+    """Build the CNN for ``img_size`` (any size >= 4 works)."""
     if pretrained:
         raise ValueError("no pretrained weights exist for 'cnn'; use pretrained=False")
-    return CNN(num_classes, in_chans, hidden=hidden, dropout=dropout)
+    return CNN(num_classes, in_chans, hidden=hidden, dropout=dropout, img_size=img_size)
