@@ -4,6 +4,7 @@ a summary of the targets, then each benchmark's section with the command that re
     python bench/run_all.py                              # the full figures (about an hour on 2 cores)
     python bench/run_all.py --quick --out /tmp/BENCHMARKS-quick.md    # a few minutes each
     python bench/run_all.py --only input_pipeline,memory
+    python bench/run_all.py --quick --full time_to_accuracy   # quick, but the accuracy target on all the data
 
 Run it on a quiet machine: every benchmark notes how much CPU other processes used while it ran, and anything else
 running on the CPU slows PyTorch's threads far more than its share.
@@ -24,9 +25,11 @@ def main(argv=None):
     parser = common.build_parser(__doc__, outputs=False)
     parser.add_argument("--out", default=str(common.REPO / "BENCHMARKS.md"), help="the Markdown file to write")
     parser.add_argument("--only", default=",".join(BENCHMARKS), help="comma-separated benchmarks to run")
+    parser.add_argument("--full", default="", help="with --quick: comma-separated benchmarks to run in full anyway")
     args = parser.parse_args(argv)
     chosen = [b.strip() for b in args.only.split(",") if b.strip()]
-    unknown = sorted(set(chosen) - set(BENCHMARKS))
+    full = [b.strip() for b in args.full.split(",") if b.strip()]
+    unknown = sorted(set(chosen + full) - set(BENCHMARKS))
     if unknown:
         parser.error(f"unknown benchmark(s) {unknown}; known: {', '.join(BENCHMARKS)}")
     common.demo_dir(args.data)
@@ -37,7 +40,7 @@ def main(argv=None):
         for name in chosen:
             md, js = Path(tmp) / f"{name}.md", Path(tmp) / f"{name}.json"
             cmd = [f"bench/{name}.py", "--data", args.data, "--markdown", md, "--json", js]
-            if args.quick:
+            if args.quick and name not in full:
                 cmd.append("--quick")
             finished = common.run_python(cmd, echo=True, on_line=lambda line: print("   ", line.rstrip(), flush=True))
             if finished.returncode != 0:
@@ -60,8 +63,9 @@ def main(argv=None):
         f"- Machine: {m['cpu']}, {m['cores']} cores ({m['features']}), {m['memory']} memory, GPU: {m['gpu']}",
         f"- Software: Python {m['python']}, torch {m['torch']}, torchvision {m['torchvision']}, OpenCV {m['opencv']}",
         f"- Date: {time.strftime('%Y-%m-%d', time.localtime(started))}, {(time.time() - started) / 60:.0f} minutes "
-        f"in all{' (--quick: fewer images, steps and repeats)' if args.quick else ''}",
-        f"- Reproduce everything: `python bench/run_all.py{' --quick' if args.quick else ''}`; each section gives "
+        f"in all{' (--quick: fewer images, steps and repeats' + (', except ' + ', '.join(full) if full else '') + ')' if args.quick else ''}",
+        f"- Reproduce everything: `python bench/run_all.py{' --quick' if args.quick else ''}"
+        f"{' --full ' + ','.join(full) if args.quick and full else ''}`; each section gives "
         "its own command. Ratios are what count; times vary with the machine and anything else running on it.",
         "",
         "## Targets",
