@@ -348,6 +348,7 @@ def plot_curves(metrics_csv: Path, out_png: Path, title: str = ""):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     rows = read_metrics(metrics_csv)
     epochs = [r["epoch"] for r in rows]
@@ -357,6 +358,7 @@ def plot_curves(metrics_csv: Path, out_png: Path, title: str = ""):
         if any(not math.isnan(r[f"val_{what}"]) for r in rows):
             ax.plot(epochs, [r[f"val_{what}"] for r in rows], "o-", label="validation", markersize=3)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_ylabel({"loss": "loss", "acc": "accuracy"}[what])
         ax.grid(alpha=0.3)
         ax.legend()
@@ -805,7 +807,10 @@ def cli(argv=None):
     if args.command == "table":
         print(runs_table(args.runs_dir), end="")
     else:
-        plot_curves(args.run_dir / "metrics.csv", args.run_dir / "curves.png", args.run_dir.name)
+        config = args.run_dir / "config.json"
+        arch = json.loads(config.read_text()).get("arch", "") if config.is_file() else ""
+        plot_curves(args.run_dir / "metrics.csv", args.run_dir / "curves.png",
+                    f"{args.run_dir.name} ({arch})" if arch else args.run_dir.name)
         print(args.run_dir / "curves.png")
 
 
