@@ -250,18 +250,23 @@ def _read_train_csv(root: Path, csv_path: Path, id_col, label_col, notes) -> tup
     return files, names
 
 
-def find_test_images(root: str | Path) -> list[Path]:
-    """The unlabelled images of `root/test/`, in natural order."""
+def test_index(root: str | Path) -> FileIndex:
+    """The unlabelled images of `root/test/` (natural order in `.files`), indexed by id."""
     test_dir = Path(root) / "test"
     if not test_dir.is_dir():
         raise DataError(f"no test folder: {test_dir} does not exist")
     notes: list[str] = []
-    files = _image_files(test_dir, notes)
+    index = FileIndex(test_dir, notes)
     for note in notes:
         log.info(note)
-    if not files:
+    if not index.files:
         raise DataError(f"{test_dir} holds no images")
-    return files
+    return index
+
+
+def find_test_images(root: str | Path) -> list[Path]:
+    """The unlabelled images of `root/test/`, in natural order."""
+    return test_index(root).files
 
 
 # ----------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,11 +131,11 @@ def read_sample(path: str | Path) -> IdTable:
     return IdTable(path, header, ids, values, lines)
 
 
-def match_ids(table: IdTable, test_dir: Path, complete: bool = True) -> list[Path]:
+def match_ids(table: IdTable, index: data.FileIndex, complete: bool = True) -> list[Path]:
     """The test image of each id of `table`, in its order. Errors list ids without a file, duplicate ids and,
     when `complete`, test images that no row names."""
-    index = data.FileIndex(test_dir, [])
-    files, missing, duplicates, seen = [], [], [], {}
+    test_dir = index.folder
+    files, missing, duplicates, seen, seen_paths = [], [], [], {}, {}
     for ident, line in zip(table.ids, table.lines):
         key = ident.strip()
         if key in seen:
@@ -144,6 +145,10 @@ def match_ids(table: IdTable, test_dir: Path, complete: bool = True) -> list[Pat
         path = index.find(key) if key else None
         if path is None:
             missing.append(f"line {line}: {ident!r}")
+        elif path in seen_paths:  # e.g. "a" and "a.png": one image named twice
+            duplicates.append(f"line {line}: {ident!r} (same file as line {seen_paths[path]})")
+        else:
+            seen_paths[path] = line
         files.append(path)
     if duplicates:
         raise DataError(f"{table.path}: {len(duplicates)} duplicate id(s):{data.listing(duplicates)}")
@@ -159,8 +164,8 @@ def match_ids(table: IdTable, test_dir: Path, complete: bool = True) -> list[Pat
 def test_rows(data_dir: Path) -> tuple[list[str], list[str], list[Path]]:
     """(header, ids, image files) of the submission: the sample's when DIR/sample_submission.csv exists,
     else every test image in natural order, ids without extension."""
-    test_dir = data_dir / "test"
-    files = data.find_test_images(data_dir)  # also: a clear error when test/ is missing or empty
+    index = data.test_index(data_dir)  # also: a clear error when test/ is missing or empty
+    test_dir, files = index.folder, index.files
     sample_path = data_dir / "sample_submission.csv"
     if sample_path.is_file():
         sample = read_sample(sample_path)
@@ -169,13 +174,10 @@ def test_rows(data_dir: Path) -> tuple[list[str], list[str], list[Path]]:
                             "predict.py writes an id and one prediction column")
         if not sample.ids:
             raise DataError(f"{sample_path}: no rows")
-        matched = match_ids(sample, test_dir)
-        if len(matched) != len(files):  # match_ids already names the difference; this guards the count itself
-            raise DataError(f"{sample_path}: {len(matched)} rows for {len(files)} test images")
-        return sample.header, sample.ids, matched
+        return sample.header, sample.ids, match_ids(sample, index)
     ids = [os.path.splitext(Path(os.path.relpath(f, test_dir)).as_posix())[0] for f in files]
     if len(set(ids)) != len(ids):
-        clashes = sorted({i for i in ids if ids.count(i) > 1})
+        clashes = sorted(i for i, n in Counter(ids).items() if n > 1)
         raise DataError(f"{test_dir}: several images share an id once the extension is dropped:{data.listing(clashes)}\n"
                         f"add a sample_submission.csv naming them")
     log.info("no %s: predicting every image of %s with the header %s", sample_path, test_dir, ",".join(DEFAULT_HEADER))
@@ -334,7 +336,7 @@ def solution_images(solution: Path, data_dir: Path, class_names: list[str]) -> t
     table = read_sample(solution)
     if not table.ids:
         raise DataError(f"{solution}: no rows")
-    files = match_ids(table, data_dir / "test", complete=False)
+    files = match_ids(table, data.test_index(data_dir), complete=False)
     return files, label_indices([v.strip() for v in table.values], class_names, str(solution), table.lines)
 
 

@@ -182,6 +182,13 @@ def test_duplicate_sample_id(cnn_run, fresh_comp, tmp_path):
     assert "duplicate id" in message and "'t2'" in message
 
 
+def test_sample_naming_one_file_twice(cnn_run, fresh_comp, tmp_path):
+    header, rows = read_rows(fresh_comp / "sample_submission.csv")
+    write_csv(fresh_comp / "sample_submission.csv", header, rows + [[rows[2][0] + ".png", rows[2][1]]])
+    message = predict_error(cnn_run, "--data", fresh_comp, "--out", tmp_path / "submission.csv")
+    assert "same file as line 4" in message and "'t2.png'" in message
+
+
 def test_submission_is_checked_before_it_is_written(tmp_path):
     out = tmp_path / "submission.csv"
     with pytest.raises(data.DataError, match="not classes"):
