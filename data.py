@@ -531,23 +531,48 @@ def prefetch(batches, device: torch.device, depth: int = 2):
 
 @dataclass
 class Augment:
-    """Batch augmentation on the training device: random horizontal flip and random rotation."""
+    """Batch augmentation on the training device: random horizontal flip, rotation, translation and random
+    erasing (Zhong et al., https://arxiv.org/abs/1708.04896), each drawn per image."""
     hflip: bool = True
     rotate: float = 0.0  # maximum angle in degrees, either way
+    translate: int = 0  # maximum shift in whole pixels, either way (the edge fills with black)
+    erase: float = 0.0  # probability of erasing one random rectangle of an image with noise
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x: float images in 0..1, (B, C, H, W)."""
-        b = x.shape[0]
+        b, _, h, w = x.shape
         if self.hflip:
             flip = torch.rand(b, device=x.device) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(3), x)
-        if self.rotate > 0:
+        if self.rotate > 0 or self.translate > 0:
             angle = (torch.rand(b, device=x.device) * 2 - 1) * math.radians(self.rotate)
-            cos, sin, zero = torch.cos(angle), torch.sin(angle), torch.zeros_like(angle)
-            theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+            cos, sin = torch.cos(angle), torch.sin(angle)
+            # Whole-pixel shifts, in affine_grid's -1..1 coordinates, so a shift alone moves pixels exactly.
+            shift = torch.randint(-self.translate, self.translate + 1, (2, b), device=x.device).float()
+            tx, ty = shift[0] * 2 / w, shift[1] * 2 / h
+            theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
             grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
             x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        if self.erase > 0:
+            x = self._erase(x)
         return x
+
+    def _erase(self, x: torch.Tensor) -> torch.Tensor:
+        """One rectangle per chosen image, 2-40% of its area, aspect ratio 0.3-3.3, filled with uniform noise."""
+        b, _, h, w = x.shape
+        dev = x.device
+        area = torch.empty(b, device=dev).uniform_(0.02, 0.4) * h * w
+        ratio = torch.exp(torch.empty(b, device=dev).uniform_(math.log(0.3), math.log(1 / 0.3)))
+        eh = torch.sqrt(area * ratio).round().clamp(1, h)
+        ew = torch.sqrt(area / ratio).round().clamp(1, w)
+        y0 = (torch.rand(b, device=dev) * (h - eh + 1)).floor()
+        x0 = (torch.rand(b, device=dev) * (w - ew + 1)).floor()
+        rows, cols = torch.arange(h, device=dev), torch.arange(w, device=dev)
+        in_y = (rows >= y0[:, None]) & (rows < (y0 + eh)[:, None])
+        in_x = (cols >= x0[:, None]) & (cols < (x0 + ew)[:, None])
+        chosen = torch.rand(b, device=dev) < self.erase
+        mask = in_y[:, :, None] & in_x[:, None, :] & chosen[:, None, None]
+        return torch.where(mask[:, None], torch.rand_like(x), x)
 
 
 def to_float(x: torch.Tensor) -> torch.Tensor:

@@ -67,6 +67,10 @@ class TrainConfig:
     val_split: float = _opt(0.1, "stratified hold-out fraction; 0 trains on everything")
     hflip: bool = _opt(True, "random horizontal flips")
     rotate: float = _opt(10.0, "random rotation up to this many degrees either way (0: off)")
+    translate: int = _opt(0, "random shift up to this many pixels either way (0: off)")
+    erase: float = _opt(0.0, "random erasing: probability of replacing a random rectangle of an image with noise")
+    ema: float = _opt(0.0, "keep an exponential moving average of the weights with this decay per step (e.g. 0.999; "
+                           "0: off); it is what is evaluated and saved for prediction")
     normalize: bool = _opt(True, "normalise with the training images' per-channel mean/std")
     precision: str = _opt("auto", "fp32, bf16, fp16, or auto: measure which is fastest here",
                           choices=["auto", "fp32", "bf16", "fp16"])
@@ -127,7 +131,9 @@ def parse_config(arch: str, defaults: dict, argv=None) -> TrainConfig:
         if changed:
             raise DataError(f"--resume: {', '.join('--' + k.replace('_', '-') for k in changed)} cannot change "
                             f"when resuming (only {', '.join('--' + k.replace('_', '-') for k in sorted(RESUMABLE_CHANGES))} can)")
-        values.update({k: v for k, v in saved.items() if k in values})
+        # An option the saved run does not know did not exist then: it keeps its built-in (off) default.
+        built_in = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name != "arch"}
+        values.update({k: saved.get(k, default) for k, default in built_in.items()})
     values.update(given)
     config = TrainConfig(**values)
     if not config.data:
@@ -135,6 +141,11 @@ def parse_config(arch: str, defaults: dict, argv=None) -> TrainConfig:
     for name in ("epochs", "batch_size", "img_size"):
         if getattr(config, name) < 1:
             raise DataError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
+    for name in ("erase", "ema"):
+        if not 0 <= getattr(config, name) < 1:
+            raise DataError(f"--{name} must be in [0, 1), got {getattr(config, name)}")
+    if config.translate < 0 or config.rotate < 0:
+        raise DataError(f"--translate and --rotate cannot be negative (got {config.translate}, {config.rotate})")
     if config.lr <= 0:
         raise DataError(f"--lr must be positive, got {config.lr}")
     return config
@@ -455,6 +466,26 @@ class Diverged(RuntimeError):
     pass
 
 
+class EMA:
+    """Exponential moving average of a model's weights and buffers (BatchNorm statistics included),
+    updated after each optimiser step. The decay ramps up as (1 + step) / (10 + step), so the
+    average does not hold on to the random initialisation."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        pairs = list(zip(self.model.state_dict().values(), model.state_dict().values()))
+        self._floats = ([e for e, m in pairs if e.is_floating_point()], [m for e, m in pairs if m.is_floating_point()])
+        self._others = [(e, m) for e, m in pairs if not e.is_floating_point()]
+
+    @torch.no_grad()
+    def update(self, step: int):
+        decay = min(self.decay, (1 + step) / (10 + step))
+        torch._foreach_lerp_(self._floats[0], self._floats[1], 1.0 - decay)
+        for e, m in self._others:
+            e.copy_(m)
+
+
 @dataclass
 class Session:
     """Everything the loop works with, set up once by `prepare_session`."""
@@ -476,6 +507,7 @@ class Session:
     augment: data.Augment
     steps_per_epoch: int
     files: list[Path]
+    ema: EMA | None = None
     history: list[dict] = field(default_factory=list)
     best_val_acc: float = -1.0
     best_epoch: int = 0
@@ -490,6 +522,11 @@ class Session:
             return self.config.lr * (step + 1) / warmup
         progress = (step - warmup) / max(1, total - warmup)
         return self.config.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights that are evaluated and saved for prediction: the moving average when --ema is on."""
+        return self.ema.model if self.ema else self.raw_model
 
     def inputs(self, x: torch.Tensor, train: bool) -> torch.Tensor:
         """uint8 images on the device -> the model's input (augmented when training)."""
@@ -507,7 +544,7 @@ class Session:
             "mean": self.mean, "std": self.std, "mode": {"precision": self.mode.precision,
                                                          "channels_last": self.mode.channels_last},
             "config": dataclasses.asdict(self.config),
-            "model": self.raw_model.state_dict(),
+            "model": self.eval_model.state_dict(),
             "epoch": epoch, "history": self.history,
             "best_val_acc": self.best_val_acc, "best_epoch": self.best_epoch, "train_time": self.train_time,
             "val_files": [_rel(p, self.config.data) for p in (self.files[i] for i in self.val_idx)],
@@ -516,6 +553,8 @@ class Session:
             ckpt.update(optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(), step=step,
                         partial=partial or {}, rng=torch.get_rng_state(),
                         cuda_rng=torch.cuda.get_rng_state(self.rt.device) if self.rt.device.type == "cuda" else None)
+            if self.ema:  # resuming needs the trained weights as well as their average
+                ckpt["train_model"] = self.raw_model.state_dict()
         return ckpt
 
 
@@ -573,6 +612,8 @@ def train_one_epoch(s: Session, epoch: int, stop: StopRequest, start_step: int =
         s.scaler.step(s.optimizer)
         s.scaler.update()
         s.optimizer.zero_grad(set_to_none=True)
+        if s.ema:
+            s.ema.update((epoch - 1) * s.steps_per_epoch + step)
         sums += torch.stack([loss.detach().double() * len(y), (logits.argmax(1) == y).sum().double(),
                              torch.tensor(float(len(y)), dtype=torch.float64, device=rt.device)])
         bar.update()
@@ -603,7 +644,7 @@ def evaluate(s: Session, indices: np.ndarray) -> dict:
     """Loss and accuracy on `indices` (no augmentation), summed over all processes."""
     if len(indices) == 0:
         return {"loss": math.nan, "acc": math.nan}
-    s.model.eval()
+    model = s.eval_model.eval()
     sums = torch.zeros(3, dtype=torch.float64, device=s.rt.device)
     batches = data.iterate_batches(s.pixels, s.labels, indices, s.config.batch_size * 2, rank=s.rt.rank,
                                    world_size=s.rt.world_size)
@@ -611,7 +652,7 @@ def evaluate(s: Session, indices: np.ndarray) -> dict:
         if len(y) == 0:
             continue
         with s.mode.autocast(s.rt.device):
-            logits = s.raw_model(s.inputs(x, train=False))  # no DDP forward: ranks may have uneven batches
+            logits = model(s.inputs(x, train=False))  # no DDP forward: ranks may have uneven batches
         sums += torch.stack([F.cross_entropy(logits.float(), y, reduction="sum").double(),
                              (logits.argmax(1) == y).sum().double(),
                              torch.tensor(float(len(y)), dtype=torch.float64, device=s.rt.device)])
@@ -669,7 +710,7 @@ def prepare_session(config: TrainConfig, rt: Runtime) -> tuple[Session, dict | N
         init_from_checkpoint(model, config.init, config.arch)
     model.to(rt.device)
     if resume:
-        model.load_state_dict(resume["model"])
+        model.load_state_dict(resume.get("train_model", resume["model"]))
         mode = Mode(**resume["mode"])
     else:
         x, y = next(data.iterate_batches(images.pixels, found.labels, train_idx, local_batch, shuffle=True, seed=config.seed))
@@ -688,8 +729,11 @@ def prepare_session(config: TrainConfig, rt: Runtime) -> tuple[Session, dict | N
         if rt.distributed else model
     s = Session(config, rt, run_dir, wrapped, model, optimizer, scaler, mode, images.pixels, found.labels,
                 train_idx, val_idx, found.class_names, mean, std,
-                data.Augment(hflip=config.hflip, rotate=config.rotate),
-                data.count_batches(len(train_idx), config.batch_size, drop_last=True), found.files)
+                data.Augment(hflip=config.hflip, rotate=config.rotate, translate=config.translate, erase=config.erase),
+                data.count_batches(len(train_idx), config.batch_size, drop_last=True), found.files,
+                EMA(model, config.ema) if config.ema else None)
+    if resume and s.ema:
+        s.ema.model.load_state_dict(resume["model"])
     if resume:
         optimizer.load_state_dict(resume["optimizer"])
         scaler.load_state_dict(resume["scaler"])

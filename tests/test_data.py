@@ -668,6 +668,40 @@ def test_rotation_on_a_batch():
     assert torch.equal(x, torch.ones(16, 3, 16, 16))  # the input is not modified
 
 
+def test_translation_moves_whole_images_by_whole_pixels():
+    torch.manual_seed(0)
+    x = torch.zeros(64, 1, 12, 12)
+    x[:, :, 6, 5] = 1.0  # one bright pixel per image
+    out = data.Augment(hflip=False, translate=2)(x)
+    shifts = set()
+    for img in out[:, 0]:
+        assert torch.allclose(img.sum(), torch.tensor(1.0), atol=1e-5)  # moved exactly, not blurred
+        r, c = divmod(int(img.argmax()), 12)
+        assert abs(r - 6) <= 2 and abs(c - 5) <= 2
+        shifts.add((r - 6, c - 5))
+    assert len(shifts) > 10  # shifts are drawn per image, in both directions
+
+
+def test_random_erasing_replaces_one_rectangle_per_chosen_image():
+    torch.manual_seed(0)
+    x = torch.full((200, 2, 20, 20), 2.0)  # outside 0..1, so every erased pixel shows
+    out = data.Augment(hflip=False, erase=0.5)(x)
+    erased = 0
+    for img in out:
+        changed = (img != 2.0)
+        assert torch.equal(changed[0], changed[1])  # the same rectangle in every channel
+        if not changed.any():
+            continue
+        erased += 1
+        rows, cols = changed[0].any(1).nonzero().flatten(), changed[0].any(0).nonzero().flatten()
+        box = changed[0, rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        assert box.all()  # a filled rectangle
+        assert 0.01 <= box.numel() / 400 <= 0.45
+        assert img[changed].max() <= 1.0  # filled with 0..1 noise
+    assert 70 < erased < 130
+    assert torch.equal(data.Augment(hflip=False, erase=0.0)(x), x)
+
+
 def test_channel_stats_to_float_and_normalize():
     pixels = np.zeros((3, 2, 4, 4), np.uint8)
     pixels[1, 0] = 255

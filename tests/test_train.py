@@ -116,6 +116,48 @@ def test_resume_gives_the_same_metrics_as_one_go(dataset, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_ema_is_evaluated_saved_and_resumed_exactly(dataset, tmp_path):
+    common = ["--data", dataset, "--runs-dir", tmp_path, "--epochs", 2, "--img-size", 16, "--ema", 0.9,
+              "--translate", 2, "--erase", 0.5, *FAST]
+    one_go = train("cnn", *common, "--name", "one-go")
+    parts = train("cnn", *common, "--name", "parts", "--stop-at-epoch", 1)
+    train("cnn", "--resume", parts, "--no-progress")
+    assert comparable(metrics(parts)) == comparable(metrics(one_go))
+    last = trainer.load_checkpoint(one_go / "last.pt")
+    other = trainer.load_checkpoint(parts / "last.pt")
+    for key in ("model", "train_model"):
+        assert all(torch.equal(last[key][k], other[key][k]) for k in last[key])
+    # "model" holds the average, which differs from the trained weights and is what predict.py loads
+    assert not torch.equal(last["model"]["head.5.weight"], last["train_model"]["head.5.weight"])
+    best = trainer.load_checkpoint(one_go / "best.pt")
+    assert "train_model" not in best and "optimizer" not in best
+    model = trainer.model_from_checkpoint(last)
+    assert torch.equal(model.state_dict()["head.5.weight"], last["model"]["head.5.weight"])
+
+
+def test_ema_average_follows_the_weights():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    ema = trainer.EMA(model, decay=0.5)
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+        model[1].running_mean.fill_(4.0)
+    before = ema.model[0].weight.clone()
+    ema.update(step=100)  # past the ramp: decay 0.5
+    assert torch.allclose(ema.model[0].weight, before + 0.5)
+    assert torch.allclose(ema.model[1].running_mean, torch.full((2,), 2.0))
+    model[1].num_batches_tracked.fill_(7)
+    ema.update(step=0)  # the ramp: decay (1 + 0) / 10 = 0.1, nearly a copy
+    assert torch.allclose(ema.model[0].weight, model[0].weight - 0.05)
+    assert int(ema.model[1].num_batches_tracked) == 7
+    assert not any(p.requires_grad for p in ema.model.parameters())
+
+
+def test_bad_recipe_values_are_refused(dataset, tmp_path):
+    for flag, value in (("--erase", 1.5), ("--ema", 1.0), ("--translate", -1)):
+        with pytest.raises(SystemExit, match=flag):
+            train("cnn", "--data", dataset, "--runs-dir", tmp_path, flag, value, *FAST)
+
+
 def test_ctrl_c_mid_epoch_saves_and_resumes_exactly(dataset, tmp_path, monkeypatch):
     common = ["--data", dataset, "--runs-dir", tmp_path, "--epochs", 2, "--img-size", 16, *FAST[:-2],
               "--batch-size", 8]
