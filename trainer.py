@@ -19,6 +19,7 @@ import math
 import os
 import signal
 import socket
+import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -233,19 +234,26 @@ def candidate_modes(precision: str, channels_last: str, device: torch.device) ->
 
 
 def measure_modes(model: nn.Module, x: torch.Tensor, y: torch.Tensor, modes: list[Mode], device: torch.device,
-                  steps: int = 3) -> dict[Mode, float]:
-    """Seconds of a training step (forward, backward, optimiser) of a copy of `model` on the batch (x, y)
-    in each mode; the model itself is left untouched. The modes take turns, step by step, and each keeps
-    its fastest step, so a burst of load from elsewhere on the machine cannot single one out."""
-    trials = []
+                  warmup: int = 2, min_steps: int = 3, max_steps: int = 15, budget_s: float = 12.0) -> dict[Mode, float]:
+    """Median seconds of a training step (forward, backward, AdamW) of a copy of `model` on the batch (x, y)
+    in each mode; the model itself is left untouched.
+
+    The modes take turns, step by step, so a burst of load from elsewhere on the machine hits them alike.
+    The first `warmup` rounds are not timed: oneDNN builds its bf16 kernels there, and a single warm-up
+    step made bf16 look faster than it is in a long run. After `min_steps` timed rounds, modes more than
+    25% slower than the best are dropped, and the close ones go on for up to `max_steps` rounds or until
+    `budget_s` seconds of timed steps have passed, whichever comes first."""
+    trials = {}
     for mode in modes:
         trial = copy.deepcopy(model).to(device, memory_format=mode.memory_format).train()
-        trials.append((mode, trial, torch.optim.SGD(trial.parameters(), lr=0.0),
-                       torch.amp.GradScaler(device.type, enabled=mode.precision == "fp16"),
-                       x.to(device, memory_format=mode.memory_format), y.to(device)))
-    times: dict[Mode, float] = {mode: math.inf for mode in modes}
-    for i in range(steps + 1):  # the first round warms up kernels and allocators
-        for mode, trial, opt, scaler, xb, yb in trials:
+        trials[mode] = (trial, torch.optim.AdamW(trial.parameters(), lr=0.0, weight_decay=0.0),
+                        torch.amp.GradScaler(device.type, enabled=mode.precision == "fp16"),
+                        x.to(device, memory_format=mode.memory_format), y.to(device))
+    times: dict[Mode, list[float]] = {mode: [] for mode in modes}
+    active, spent, rounds = list(modes), 0.0, 0
+    while rounds < warmup + max_steps and (rounds < warmup + min_steps or spent < budget_s):
+        for mode in active:
+            trial, opt, scaler, xb, yb = trials[mode]
             _sync(device)
             start = time.perf_counter()
             with mode.autocast(device):
@@ -255,9 +263,14 @@ def measure_modes(model: nn.Module, x: torch.Tensor, y: torch.Tensor, modes: lis
             scaler.update()
             opt.zero_grad(set_to_none=True)
             _sync(device)
-            if i:
-                times[mode] = min(times[mode], time.perf_counter() - start)
-    return times
+            if rounds >= warmup:
+                times[mode].append(time.perf_counter() - start)
+                spent += times[mode][-1]
+        rounds += 1
+        if rounds == warmup + min_steps and len(active) > 1:
+            best = min(statistics.median(times[m]) for m in active)
+            active = [m for m in active if statistics.median(times[m]) <= 1.25 * best]
+    return {mode: statistics.median(t) for mode, t in times.items()}
 
 
 def _sync(device):

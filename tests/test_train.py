@@ -243,6 +243,18 @@ def test_precision_auto_picks_a_measured_mode(dataset, tmp_path, capsys):
     assert np.isfinite(float(metrics(run)[0]["train_loss"]))
 
 
+def test_measure_modes_times_every_mode_and_leaves_the_model_untouched():
+    torch.manual_seed(0)
+    model = trainer.build_model("cnn", 3, 1, 16)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    modes = trainer.candidate_modes("auto", "auto", torch.device("cpu"))
+    x, y = torch.randn(8, 1, 16, 16), torch.randint(0, 3, (8,))
+    times = trainer.measure_modes(model, x, y, modes, torch.device("cpu"), warmup=1, min_steps=2, max_steps=4,
+                                  budget_s=0.0)
+    assert set(times) == set(modes) and all(0 < t < 10 for t in times.values())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
 def test_init_replaces_the_head_when_classes_differ(dataset, tmp_path):
     source = train("cnn", "--data", dataset, "--runs-dir", tmp_path, "--name", "src", "--epochs", 1,
                    "--img-size", 16, *FAST)
