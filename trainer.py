@@ -13,10 +13,12 @@ import contextlib
 import copy
 import csv
 import dataclasses
+import importlib
 import json
 import logging
 import math
 import os
+import shlex
 import signal
 import socket
 import statistics
@@ -408,9 +410,34 @@ def _pid_alive(info: dict) -> bool:
         return False
 
 
-def runs_table(runs_dir: str | Path) -> str:
-    """The runs of `runs_dir` (one run.json each) as a Markdown table."""
-    rows = []
+# Flags that say where or how a run is carried out, not what it trains: left out of its command.
+NOT_IN_COMMAND = {"arch", "data", "name", "runs_dir", "resume", "progress", "stop_at_epoch", "device", "cache_dir"}
+
+
+def run_command(config: dict) -> str:
+    """The command that trains the run of `config` (a config.json) in one go: its script, data and name,
+    and each option that differs from that script's defaults."""
+    script = f"train_{config['arch']}.py"
+    try:
+        defaults = importlib.import_module(f"train_{config['arch']}").DEFAULTS
+    except ImportError:
+        defaults = {}
+    built_in = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    parts = ["python", script, "--data", config["data"], "--name", config["name"]]
+    if config.get("runs_dir", "runs") != "runs":
+        parts += ["--runs-dir", config["runs_dir"]]
+    for key, value in config.items():
+        if key in NOT_IN_COMMAND or key not in built_in or value == defaults.get(key, built_in[key]):
+            continue
+        flag = "--" + key.replace("_", "-")
+        parts += [flag if value else "--no-" + flag[2:]] if isinstance(value, bool) else [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+    return " ".join(shlex.quote(str(p)) for p in parts)
+
+
+def runs_table(runs_dir: str | Path, commands: bool = False) -> str:
+    """The runs of `runs_dir` (one run.json each) as a Markdown table; with `commands`, each run's command
+    (from its config.json) follows the table, so a row can be reproduced."""
+    rows, cmds = [], []
     for info_path in sorted(Path(runs_dir).glob("*/run.json"), key=lambda p: data.natural_key(p.parent.name)):
         info = json.loads(info_path.read_text())
         if info["status"] == "running" and not _pid_alive(info):
@@ -424,10 +451,28 @@ def runs_table(runs_dir: str | Path) -> str:
             "mode": info.get("mode", ""), "status": info["status"],
         }
         rows.append([str(cells[key]) for key, _ in TABLE_COLUMNS])
+        config_path = info_path.parent / "config.json"
+        if commands and config_path.is_file():
+            cmds.append(f"{info['name']}: {run_command(json.loads(config_path.read_text()))}")
     header = [title for _, title in TABLE_COLUMNS]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
+    if cmds:
+        lines += ["", "```", *cmds, "```"]
     return "\n".join(lines) + "\n"
+
+
+TABLE_START, TABLE_END = "<!-- runs table: start -->", "<!-- runs table: end -->"
+
+
+def write_table_into(path: Path, table: str):
+    """Replace what stands between the runs-table markers of `path` (e.g. the README) with `table`."""
+    text = path.read_text()
+    start, end = text.find(TABLE_START), text.find(TABLE_END)
+    if start < 0 or end < start:
+        raise DataError(f"{path} has no '{TABLE_START}' ... '{TABLE_END}' markers to put the table between")
+    new = text[:start + len(TABLE_START)] + "\n" + table + text[end:]
+    atomic_write(path, lambda tmp: tmp.write_text(new))
 
 
 def _pct(value) -> str:
@@ -858,11 +903,20 @@ def cli(argv=None):
     sub = parser.add_subparsers(dest="command", required=True)
     table = sub.add_parser("table", help="print the runs table as Markdown")
     table.add_argument("--runs-dir", default="runs")
+    table.add_argument("--commands", action="store_true", help="add the command that trains each run")
+    table.add_argument("--into", type=Path, help="also write the table between the runs-table markers of this "
+                       f"file ({TABLE_START} ... {TABLE_END})")
     plot = sub.add_parser("plot", help="redraw a run's curves.png from its metrics.csv")
     plot.add_argument("run_dir", type=Path)
     args = parser.parse_args(argv)
     if args.command == "table":
-        print(runs_table(args.runs_dir), end="")
+        table = runs_table(args.runs_dir, commands=args.commands)
+        print(table, end="")
+        if args.into:
+            try:
+                write_table_into(args.into, table)
+            except DataError as e:
+                sys.exit(f"error: {e}")
     else:
         config = args.run_dir / "config.json"
         arch = json.loads(config.read_text()).get("arch", "") if config.is_file() else ""

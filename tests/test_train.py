@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import importlib
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -81,6 +83,24 @@ def test_cnn_trains_and_writes_every_output(dataset, tmp_path):
     printed = subprocess.run([sys.executable, "trainer.py", "table", "--runs-dir", str(tmp_path)], cwd=ROOT,
                              capture_output=True, text=True, check=True).stdout
     assert printed == table
+
+    # The table with commands: each run's command trains the same configuration again.
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Results\n{trainer.TABLE_START}\nold table\n{trainer.TABLE_END}\nafter\n")
+    subprocess.run([sys.executable, "trainer.py", "table", "--runs-dir", str(tmp_path), "--commands", "--into",
+                    str(readme)], cwd=ROOT, capture_output=True, text=True, check=True)
+    text = readme.read_text()
+    assert "old table" not in text and text.endswith(f"{trainer.TABLE_END}\nafter\n") and table in text
+    line = next(line for line in text.splitlines() if line.startswith("cnn-a: python train_cnn.py"))
+    argv = shlex.split(line.split(": ", 1)[1])[2:]
+    assert "--lr" in argv and "--weight-decay" not in argv  # only what differs from the script's defaults
+    again = dataclasses.asdict(trainer.parse_config("cnn", importlib.import_module("train_cnn").DEFAULTS, argv))
+    assert {k: v for k, v in again.items() if k not in trainer.NOT_IN_COMMAND} == \
+        {k: v for k, v in config.items() if k not in trainer.NOT_IN_COMMAND}
+    (tmp_path / "plain.md").write_text("no markers")
+    out = subprocess.run([sys.executable, "trainer.py", "table", "--runs-dir", str(tmp_path), "--into",
+                          str(tmp_path / "plain.md")], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode != 0 and "plain.md has no" in out.stderr
 
 
 @pytest.mark.parametrize("arch", ["alexnet", "resnet", "rexnet", "coatnet"])
