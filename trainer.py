@@ -868,7 +868,9 @@ def _train(config: TrainConfig, rt: Runtime) -> Path:
                     write_metrics(run_dir / "metrics.csv", s.history)
                     plot_curves(run_dir / "metrics.csv", run_dir / "curves.png", f"{run_dir.name} ({config.arch})")
                     update_run_info(run_dir, epochs_done=epoch, best_val_acc=s.best_val_acc, best_epoch=s.best_epoch,
-                                    train_time=s.train_time, images_per_s=row["images_per_s"])
+                                    train_time=s.train_time,
+                                    # the median epoch: one epoch slowed by other work on the machine does not set it
+                                    images_per_s=statistics.median(r["images_per_s"] for r in s.history))
                     log.info("epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  lr %.2e  %.1fs  %.0f img/s%s",
                              epoch, config.epochs, row["train_loss"], row["train_acc"], row["val_loss"], row["val_acc"],
                              row["lr"], row["seconds"], row["images_per_s"], "  *best*" if improved and len(s.val_idx) else "")
