@@ -1,24 +1,83 @@
-"""Run every benchmark, one after another, each in its own process, and write BENCHMARKS.md: the machine,
-a summary of the targets, then each benchmark's section with the command that reproduces it.
+"""Run the benchmarks, one after another, each in its own process, and write BENCHMARKS.md: the machine,
+a summary of the targets, then each benchmark's section with the command that reproduces it and when it
+was measured.
 
     python bench/run_all.py                              # the full figures (about an hour on 2 cores)
     python bench/run_all.py --quick --out /tmp/BENCHMARKS-quick.md    # a few minutes each
-    python bench/run_all.py --only input_pipeline,memory
+    python bench/run_all.py --only train_step            # measure one again; the other sections are kept
     python bench/run_all.py --quick --full time_to_accuracy   # quick, but the accuracy target on all the data
 
-Run it on a quiet machine: every benchmark notes how much CPU other processes used while it ran, and anything else
-running on the CPU slows PyTorch's threads far more than its share.
+Each benchmark's section and targets are kept in bench/results/<name>.md and .json (next to --out), so
+measuring one benchmark again rewrites only its section. Run it on a quiet machine: every benchmark notes
+how much CPU other processes used while it ran, and anything else running on the CPU slows PyTorch's
+threads far more than its share.
 """
 from __future__ import annotations
 
 import json
-import tempfile
+import os
 import time
 from pathlib import Path
 
 import common
 
 BENCHMARKS = ["input_pipeline", "train_step", "time_to_accuracy", "predict_speed", "memory"]
+
+
+def results_dir(out: Path) -> Path:
+    """Where the sections behind `out` are kept: bench/results for the repository's BENCHMARKS.md."""
+    return common.REPO / "bench" / "results" if out.resolve() == (common.REPO / "BENCHMARKS.md").resolve() \
+        else out.with_name(out.stem + "-results")
+
+
+def run_benchmark(name: str, args, quick: bool, results: Path) -> bool:
+    """Run bench/<name>.py; on success its section and targets replace the kept ones."""
+    results.mkdir(parents=True, exist_ok=True)
+    md, js = results / f"{name}.md.partial", results / f"{name}.json.partial"
+    md.unlink(missing_ok=True)
+    cmd = [f"bench/{name}.py", "--data", args.data, "--markdown", md, "--json", js]
+    if quick:
+        cmd.append("--quick")
+    finished = common.run_python(cmd, echo=True, on_line=lambda line: print("   ", line.rstrip(), flush=True))
+    if finished.returncode != 0 or not js.is_file():
+        print(f"bench/{name}.py failed (exit status {finished.returncode}); its kept section is unchanged")
+        return False
+    os.replace(md, results / f"{name}.md")
+    os.replace(js, results / f"{name}.json")
+    return True
+
+
+def assemble(out: Path, results: Path):
+    """BENCHMARKS.md from the kept sections, in the issue's order."""
+    sections, summary = [], []
+    for name in BENCHMARKS:
+        md, js = results / f"{name}.md", results / f"{name}.json"
+        if not (md.is_file() and js.is_file()):
+            continue
+        sections.append(md.read_text())
+        result = json.loads(js.read_text())
+        summary += [[result["title"], *common.Target(**{k: v for k, v in t.items() if k != "passed"}).cells()]
+                    for t in result["targets"]]
+    m = common.machine()
+    lines = [
+        "# Benchmarks",
+        "",
+        "This toolkit against the tools a user would pick instead (timm's `train.py`, torchvision's reference "
+        "scripts: per-sample PIL decoding in DataLoader workers, fp32), measured side by side in one run on the "
+        "real Fashion-MNIST demo competition (`python data.py fashion-mnist data/fashion-mnist`).",
+        "",
+        f"- Machine: {m['cpu']}, {m['cores']} cores ({m['features']}), {m['memory']} memory, GPU: {m['gpu']}",
+        f"- Software: Python {m['python']}, torch {m['torch']}, torchvision {m['torchvision']}, OpenCV {m['opencv']}",
+        "- Reproduce everything: `python bench/run_all.py` (about an hour); `--only NAME` measures one benchmark "
+        "again and keeps the other sections. Each section gives its own command, date and the load on the machine "
+        "while it ran. Ratios are what count; times vary with the machine and anything else running on it.",
+        "",
+        "## Targets",
+        "",
+        common.markdown_table(["benchmark", *common.TARGET_HEADER], summary),
+        "",
+    ]
+    out.write_text("\n".join(lines) + "\n" + "".join(sections).rstrip() + "\n", encoding="utf-8")
 
 
 def main(argv=None):
@@ -33,49 +92,15 @@ def main(argv=None):
     if unknown:
         parser.error(f"unknown benchmark(s) {unknown}; known: {', '.join(BENCHMARKS)}")
     common.demo_dir(args.data)
-
+    out = Path(args.out)
+    results = results_dir(out)
     started = time.time()
-    sections, summary = [], []
-    with tempfile.TemporaryDirectory(prefix="bench-all-") as tmp:
-        for name in chosen:
-            md, js = Path(tmp) / f"{name}.md", Path(tmp) / f"{name}.json"
-            cmd = [f"bench/{name}.py", "--data", args.data, "--markdown", md, "--json", js]
-            if args.quick and name not in full:
-                cmd.append("--quick")
-            finished = common.run_python(cmd, echo=True, on_line=lambda line: print("   ", line.rstrip(), flush=True))
-            if finished.returncode != 0:
-                sections.append(f"## bench/{name}.py failed\n\nexit status {finished.returncode}:\n\n```\n"
-                                f"{finished.output[-2000:]}\n```\n\n")
-                continue
-            sections.append(md.read_text())
-            result = json.loads(js.read_text())
-            summary += [[result["title"], *common.Target(**{k: v for k, v in t.items() if k != "passed"}).cells()]
-                        for t in result["targets"]]
-
-    m = common.machine()
-    lines = [
-        "# Benchmarks",
-        "",
-        "This toolkit against the tools a user would pick instead (timm's `train.py`, torchvision's reference "
-        "scripts: per-sample PIL decoding in DataLoader workers, fp32), measured side by side in one run on the "
-        "real Fashion-MNIST demo competition (`python data.py fashion-mnist data/fashion-mnist`).",
-        "",
-        f"- Machine: {m['cpu']}, {m['cores']} cores ({m['features']}), {m['memory']} memory, GPU: {m['gpu']}",
-        f"- Software: Python {m['python']}, torch {m['torch']}, torchvision {m['torchvision']}, OpenCV {m['opencv']}",
-        f"- Date: {time.strftime('%Y-%m-%d', time.localtime(started))}, {(time.time() - started) / 60:.0f} minutes "
-        f"in all{' (--quick: fewer images, steps and repeats' + (', except ' + ', '.join(full) if full else '') + ')' if args.quick else ''}",
-        f"- Reproduce everything: `python bench/run_all.py{' --quick' if args.quick else ''}"
-        f"{' --full ' + ','.join(full) if args.quick and full else ''}`; each section gives "
-        "its own command. Ratios are what count; times vary with the machine and anything else running on it.",
-        "",
-        "## Targets",
-        "",
-        common.markdown_table(["benchmark", *common.TARGET_HEADER], summary),
-        "",
-    ]
-    Path(args.out).write_text("\n".join(lines) + "\n" + "".join(sections).rstrip() + "\n", encoding="utf-8")
-    print(f"\nwrote {args.out}")
+    failed = [name for name in chosen if not run_benchmark(name, args, args.quick and name not in full, results)]
+    assemble(out, results)
+    print(f"\nwrote {out} ({(time.time() - started) / 60:.0f} minutes)" +
+          (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
