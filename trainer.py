@@ -369,18 +369,24 @@ def read_metrics(path: Path) -> list[dict]:
         return [{k: (float(v) if v not in ("", None) else math.nan) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
-def plot_curves(metrics_csv: Path, out_png: Path, title: str = ""):
-    """Loss and accuracy curves (train and validation) drawn from a metrics.csv."""
+def plot_curves(run_dir: Path) -> Path:
+    """Draw a run's curves.png, loss and accuracy (train and validation), from its metrics.csv (and its
+    config.json for the title and what the training loss includes)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    rows = read_metrics(metrics_csv)
+    run_dir = Path(run_dir)
+    rows = read_metrics(run_dir / "metrics.csv")
+    config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else {}
+    smoothing = config.get("label_smoothing", 0.0)
     epochs = [r["epoch"] for r in rows]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, what in zip(axes, ("loss", "acc")):
-        ax.plot(epochs, [r[f"train_{what}"] for r in rows], "o-", label="train", markersize=3)
+        # The training loss is the objective: with label smoothing it cannot fall to the validation loss.
+        label = f"train (with label smoothing {smoothing:g})" if what == "loss" and smoothing else "train"
+        ax.plot(epochs, [r[f"train_{what}"] for r in rows], "o-", label=label, markersize=3)
         if any(not math.isnan(r[f"val_{what}"]) for r in rows):
             ax.plot(epochs, [r[f"val_{what}"] for r in rows], "o-", label="validation", markersize=3)
         ax.set_xlabel("epoch")
@@ -388,10 +394,11 @@ def plot_curves(metrics_csv: Path, out_png: Path, title: str = ""):
         ax.set_ylabel({"loss": "loss", "acc": "accuracy"}[what])
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle(title)
+    fig.suptitle(f"{run_dir.name} ({config['arch']})" if config.get("arch") else run_dir.name)
     fig.tight_layout()
-    atomic_write(out_png, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    atomic_write(run_dir / "curves.png", lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
+    return run_dir / "curves.png"
 
 
 TABLE_COLUMNS = [("run", "run"), ("arch", "architecture"), ("epochs", "epochs"), ("batch_size", "batch size"),
@@ -866,7 +873,7 @@ def _train(config: TrainConfig, rt: Runtime) -> Path:
                     if improved:
                         save_checkpoint(run_dir / "best.pt", s.checkpoint(epoch, light=True))
                     write_metrics(run_dir / "metrics.csv", s.history)
-                    plot_curves(run_dir / "metrics.csv", run_dir / "curves.png", f"{run_dir.name} ({config.arch})")
+                    plot_curves(run_dir)
                     update_run_info(run_dir, epochs_done=epoch, best_val_acc=s.best_val_acc, best_epoch=s.best_epoch,
                                     train_time=s.train_time,
                                     # the median epoch: one epoch slowed by other work on the machine does not set it
@@ -920,11 +927,9 @@ def cli(argv=None):
             except DataError as e:
                 sys.exit(f"error: {e}")
     else:
-        config = args.run_dir / "config.json"
-        arch = json.loads(config.read_text()).get("arch", "") if config.is_file() else ""
-        plot_curves(args.run_dir / "metrics.csv", args.run_dir / "curves.png",
-                    f"{args.run_dir.name} ({arch})" if arch else args.run_dir.name)
-        print(args.run_dir / "curves.png")
+        if not (args.run_dir / "metrics.csv").is_file():
+            sys.exit(f"error: {args.run_dir} has no metrics.csv (is it a run folder?)")
+        print(plot_curves(args.run_dir))
 
 
 if __name__ == "__main__":

@@ -84,6 +84,13 @@ def test_cnn_trains_and_writes_every_output(dataset, tmp_path):
                              capture_output=True, text=True, check=True).stdout
     assert printed == table
 
+    # The curves are a view of metrics.csv: the plot command draws them again.
+    (run / "curves.png").unlink()
+    out = subprocess.run([sys.executable, "trainer.py", "plot", str(run)], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0 and (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    out = subprocess.run([sys.executable, "trainer.py", "plot", str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode != 0 and "has no metrics.csv" in out.stderr
+
     # The table with commands: each run's command trains the same configuration again.
     readme = tmp_path / "README.md"
     readme.write_text(f"# Results\n{trainer.TABLE_START}\nold table\n{trainer.TABLE_END}\nafter\n")
