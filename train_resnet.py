@@ -7,7 +7,9 @@
 """
 from trainer import main
 
-DEFAULTS = dict(epochs=15, batch_size=128, img_size=28, lr=2e-3, weight_decay=0.05, rotate=0.0)
+# ~7 minutes an epoch on 2 CPU cores in bf16: 8 epochs fit the hour the README's table allows a run.
+DEFAULTS = dict(epochs=8, batch_size=128, img_size=28, lr=2e-3, weight_decay=0.05, rotate=0.0, translate=2,
+                label_smoothing=0.1)
 
 if __name__ == "__main__":
     main("resnet", **DEFAULTS)
