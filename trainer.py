@@ -236,15 +236,15 @@ def candidate_modes(precision: str, channels_last: str, device: torch.device) ->
 
 
 def measure_modes(model: nn.Module, x: torch.Tensor, y: torch.Tensor, modes: list[Mode], device: torch.device,
-                  warmup: int = 2, min_steps: int = 3, max_steps: int = 15, budget_s: float = 12.0) -> dict[Mode, float]:
+                  warmup: int = 2, min_steps: int = 3, max_steps: int = 15, budget_s: float = 30.0) -> dict[Mode, float]:
     """Median seconds of a training step (forward, backward, AdamW) of a copy of `model` on the batch (x, y)
     in each mode; the model itself is left untouched.
 
     The modes take turns, step by step, so a burst of load from elsewhere on the machine hits them alike.
-    The first `warmup` rounds are not timed: oneDNN builds its bf16 kernels there, and a single warm-up
-    step made bf16 look faster than it is in a long run. After `min_steps` timed rounds, modes more than
-    25% slower than the best are dropped, and the close ones go on for up to `max_steps` rounds or until
-    `budget_s` seconds of timed steps have passed, whichever comes first."""
+    The first `warmup` rounds are not timed (oneDNN builds its kernels there). After `min_steps` timed rounds,
+    modes more than 25% slower than the best are dropped; measuring stops when one mode leads the next by
+    more than 10%, or after `max_steps` rounds, or once `budget_s` seconds of timed steps have passed. On a
+    shared machine single steps vary by 15% or more, so modes that close need the extra rounds."""
     trials = {}
     for mode in modes:
         trial = copy.deepcopy(model).to(device, memory_format=mode.memory_format).train()
@@ -252,8 +252,8 @@ def measure_modes(model: nn.Module, x: torch.Tensor, y: torch.Tensor, modes: lis
                         torch.amp.GradScaler(device.type, enabled=mode.precision == "fp16"),
                         x.to(device, memory_format=mode.memory_format), y.to(device))
     times: dict[Mode, list[float]] = {mode: [] for mode in modes}
-    active, spent, rounds = list(modes), 0.0, 0
-    while rounds < warmup + max_steps and (rounds < warmup + min_steps or spent < budget_s):
+    active, spent = list(modes), 0.0
+    for round_ in range(warmup + max_steps):
         for mode in active:
             trial, opt, scaler, xb, yb = trials[mode]
             _sync(device)
@@ -265,13 +265,15 @@ def measure_modes(model: nn.Module, x: torch.Tensor, y: torch.Tensor, modes: lis
             scaler.update()
             opt.zero_grad(set_to_none=True)
             _sync(device)
-            if rounds >= warmup:
+            if round_ >= warmup:
                 times[mode].append(time.perf_counter() - start)
                 spent += times[mode][-1]
-        rounds += 1
-        if rounds == warmup + min_steps and len(active) > 1:
-            best = min(statistics.median(times[m]) for m in active)
-            active = [m for m in active if statistics.median(times[m]) <= 1.25 * best]
+        if round_ + 1 < warmup + min_steps:
+            continue
+        medians = sorted((statistics.median(times[m]), i) for i, m in enumerate(active))
+        active = [active[i] for t, i in medians if t <= 1.25 * medians[0][0]]
+        if len(active) == 1 or medians[1][0] > 1.10 * medians[0][0] or spent >= budget_s:
+            break
     return {mode: statistics.median(t) for mode, t in times.items()}
 
 
