@@ -7,7 +7,10 @@
 """
 from trainer import main
 
-DEFAULTS = dict(epochs=15, batch_size=128, img_size=32, lr=2e-3, weight_decay=0.05, rotate=0.0)
+# 28 px: with the stride-1 stem it still ends at 2x2, for 23% less work than 32 px. ~8 minutes an epoch on
+# 2 CPU cores (fp32 is faster than bf16 for its depthwise convolutions here): 7 epochs fit in an hour.
+DEFAULTS = dict(epochs=7, batch_size=128, img_size=28, lr=2e-3, weight_decay=0.05, rotate=0.0, translate=2,
+                label_smoothing=0.1)
 
 if __name__ == "__main__":
     main("rexnet", **DEFAULTS)

@@ -127,7 +127,7 @@ def test_scripts_run_from_the_command_line(dataset, tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "epoch 1/1" in out.stdout and (tmp_path / "cli" / "best.pt").is_file()
-    helptext = subprocess.run([sys.executable, "train_rexnet.py", "--help"], cwd=ROOT, capture_output=True,
+    helptext = subprocess.run([sys.executable, "train_coatnet.py", "--help"], cwd=ROOT, capture_output=True,
                               text=True, check=True).stdout
     assert "--resume" in helptext and "(default: 32)" in helptext  # the script's own image size
 
