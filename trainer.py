@@ -439,7 +439,10 @@ def run_command(config: dict) -> str:
         if key in NOT_IN_COMMAND or key not in built_in or value == defaults.get(key, built_in[key]):
             continue
         flag = "--" + key.replace("_", "-")
-        parts += [flag if value else "--no-" + flag[2:]] if isinstance(value, bool) else [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+        if isinstance(value, bool):
+            parts.append(flag if value else "--no-" + flag[2:])
+        else:
+            parts += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
     return " ".join(shlex.quote(str(p)) for p in parts)
 
 
