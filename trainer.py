@@ -135,8 +135,8 @@ def parse_config(arch: str, defaults: dict, argv=None) -> TrainConfig:
             raise DataError(f"--resume: {', '.join('--' + k.replace('_', '-') for k in changed)} cannot change "
                             f"when resuming (only {', '.join('--' + k.replace('_', '-') for k in sorted(RESUMABLE_CHANGES))} can)")
         # An option the saved run does not know did not exist then: it keeps its built-in (off) default.
-        built_in = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name != "arch"}
-        values.update({k: saved.get(k, default) for k, default in built_in.items()})
+        values.update({k: saved.get(k, default) for k, default in dataclasses.asdict(TrainConfig()).items()
+                       if k != "arch"})
     values.update(given)
     config = TrainConfig(**values)
     if not config.data:
@@ -431,7 +431,7 @@ def run_command(config: dict) -> str:
         defaults = importlib.import_module(f"train_{config['arch']}").DEFAULTS
     except ImportError:
         defaults = {}
-    built_in = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    built_in = dataclasses.asdict(TrainConfig())
     parts = ["python", script, "--data", config["data"], "--name", config["name"]]
     if config.get("runs_dir", "runs") != "runs":
         parts += ["--runs-dir", config["runs_dir"]]
