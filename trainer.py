@@ -856,11 +856,12 @@ def _train(config: TrainConfig, rt: Runtime) -> Path:
                 result = train_one_epoch(s, epoch, stop, start_step, partial)
                 start_step, partial = 0, None
                 if result["stopped_at"] is not None:
-                    s.train_time += result["seconds"]
                     if rt.is_main:
+                        # The checkpoint's train_time counts finished epochs only: the unfinished epoch's seconds
+                        # travel in `partial`, and the resumed epoch's own seconds already include them.
                         save_checkpoint(run_dir / "last.pt", s.checkpoint(epoch - 1, result["stopped_at"], {
                             k: result[k] for k in ("loss_sum", "correct", "seen", "seconds")}))
-                        update_run_info(run_dir, status="interrupted", train_time=s.train_time)
+                        update_run_info(run_dir, status="interrupted", train_time=s.train_time + result["seconds"])
                         log.warning("stopped at epoch %d step %d; resume with: python train_%s.py --resume %s",
                                     epoch, result["stopped_at"], config.arch, run_dir)
                     raise SystemExit(130)

@@ -207,8 +207,13 @@ def test_ctrl_c_mid_epoch_saves_and_resumes_exactly(dataset, tmp_path, monkeypat
     assert last["epoch"] == 0 and last["step"] == 3  # the step in flight when Ctrl-C came was finished
     assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
     monkeypatch.setattr(data, "prefetch", real_prefetch)
+    paused_time = json.loads((run / "run.json").read_text())["train_time"]
     train("cnn", "--resume", run, "--no-progress")
     assert comparable(metrics(run)) == comparable(metrics(one_go))
+    # the training time is the epochs' own seconds, the interrupted epoch's first part counted once
+    train_time = json.loads((run / "run.json").read_text())["train_time"]
+    assert train_time == pytest.approx(sum(float(r["seconds"]) for r in metrics(run)), abs=1e-4)
+    assert train_time > paused_time > 0
 
 
 def test_raising_epochs_on_resume_continues_the_curve(dataset, tmp_path):
