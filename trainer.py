@@ -236,7 +236,7 @@ def candidate_modes(precision: str, channels_last: str, device: torch.device) ->
 
 
 def measure_modes(model: nn.Module, x: torch.Tensor, y: torch.Tensor, modes: list[Mode], device: torch.device,
-                  warmup: int = 2, min_steps: int = 3, max_steps: int = 15, budget_s: float = 30.0) -> dict[Mode, float]:
+                  warmup: int = 2, min_steps: int = 5, max_steps: int = 15, budget_s: float = 30.0) -> dict[Mode, float]:
     """Median seconds of a training step (forward, backward, AdamW) of a copy of `model` on the batch (x, y)
     in each mode; the model itself is left untouched.
 
@@ -244,7 +244,8 @@ def measure_modes(model: nn.Module, x: torch.Tensor, y: torch.Tensor, modes: lis
     The first `warmup` rounds are not timed (oneDNN builds its kernels there). After `min_steps` timed rounds,
     modes more than 25% slower than the best are dropped; measuring stops when one mode leads the next by
     more than 10%, or after `max_steps` rounds, or once `budget_s` seconds of timed steps have passed. On a
-    shared machine single steps vary by 15% or more, so modes that close need the extra rounds."""
+    shared machine single steps vary by 15% or more (bf16 steps more than fp32 ones), so modes that close need
+    the extra rounds, and a median of fewer than 5 steps picked the wrong mode of two 16% apart."""
     trials = {}
     for mode in modes:
         trial = copy.deepcopy(model).to(device, memory_format=mode.memory_format).train()
@@ -277,6 +278,15 @@ def measure_modes(model: nn.Module, x: torch.Tensor, y: torch.Tensor, modes: lis
     return {mode: statistics.median(t) for mode, t in times.items()}
 
 
+def pick_mode(times: dict[Mode, float], tolerance: float = 0.05) -> Mode:
+    """The fastest mode, except that full precision (fp32) wins when it is within `tolerance` of a faster
+    reduced-precision mode: a few per cent of speed is not worth bf16/fp16's rounding, and modes that
+    close are within the noise of the measurement anyway."""
+    best = min(times, key=times.get)
+    full = [m for m in times if m.precision == "fp32" and times[m] <= (1 + tolerance) * times[best]]
+    return min(full, key=times.get) if full else best
+
+
 def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -287,7 +297,7 @@ def choose_mode(config: TrainConfig, model: nn.Module, x: torch.Tensor, y: torch
     if len(modes) == 1:
         return modes[0]
     times = measure_modes(model, x, y, modes, rt.device)
-    best = min(times, key=times.get)
+    best = pick_mode(times)
     if rt.distributed:  # every process must run the same mode: rank 0's measurement decides
         box = [best]
         dist.broadcast_object_list(box, src=0)

@@ -287,6 +287,22 @@ def test_measure_modes_times_every_mode_and_leaves_the_model_untouched():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+def test_pick_mode_takes_the_fastest_but_prefers_fp32_when_within_5_percent():
+    fp32, fp32_cl, bf16, bf16_cl = trainer.candidate_modes("auto", "auto", torch.device("cpu"))
+    # bf16+channels_last clearly fastest (the CNN's case): it is taken
+    assert trainer.pick_mode({fp32: 0.43, fp32_cl: 0.36, bf16: 0.22, bf16_cl: 0.13}) == bf16_cl
+    # bf16+channels_last 3% faster than fp32+channels_last: full precision wins, the faster of the fp32 modes
+    assert trainer.pick_mode({fp32: 1.30, fp32_cl: 1.03, bf16: 1.10, bf16_cl: 1.00}) == fp32_cl
+    # 6% faster: outside the tolerance, bf16 is taken
+    assert trainer.pick_mode({fp32: 1.30, fp32_cl: 1.06, bf16: 1.10, bf16_cl: 1.00}) == bf16_cl
+    assert trainer.pick_mode({fp32: 1.30, fp32_cl: 1.06, bf16: 1.10, bf16_cl: 1.00}, tolerance=0.1) == fp32_cl
+    # fp32 fastest anyway
+    assert trainer.pick_mode({fp32: 1.2, fp32_cl: 0.9, bf16: 1.4, bf16_cl: 1.3}) == fp32_cl
+    # a fixed precision (only fp16 candidates) still gets the fastest of them
+    fp16, fp16_cl = trainer.candidate_modes("fp16", "auto", torch.device("cpu"))
+    assert trainer.pick_mode({fp16: 1.0, fp16_cl: 0.8}) == fp16_cl
+
+
 def test_init_replaces_the_head_when_classes_differ(dataset, tmp_path):
     source = train("cnn", "--data", dataset, "--runs-dir", tmp_path, "--name", "src", "--epochs", 1,
                    "--img-size", 16, *FAST)
