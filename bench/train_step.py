@@ -197,7 +197,8 @@ def main(argv=None):
     if cnn:
         report.target("cnn: auto / plain fp32 loop", cnn["auto"] / cnn["median"][PLAIN], 2)
     report.note("auto setup s: seconds prepare_session took with --precision auto (loading the cached images, "
-                "building the model, and timing 4 steps in each mode); a run pays it once at its start.")
+                "building the model, and timing 2 warm-up and 5-15 steps in each mode, up to a minute); a run pays it "
+                "once at its start.")
     report.note("each measurement runs a number of steps chosen to last about "
                 f"{args.seconds:g} s (at least {args.min_steps}); steps per mode: "
                 + "; ".join(f"{r['arch']} " + ", ".join(f"{k} {v}" for k, v in r["steps"].items()) for r in results))

@@ -287,6 +287,13 @@ def test_measure_modes_times_every_mode_and_leaves_the_model_untouched():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+def test_a_modes_step_time_is_the_mean_without_the_slowest_step():
+    # a bimodal mode (half its steps slow) must not look as fast as its fast half, as a median would make it
+    assert trainer._step_time([1.0, 1.0, 1.0, 1.6, 1.6, 1.6]) == pytest.approx(1.24)
+    assert trainer._step_time([1.0, 1.1, 9.0]) == pytest.approx(1.05)  # one pause of the machine is left out
+    assert trainer._step_time([1.0, 3.0]) == pytest.approx(2.0)
+
+
 def test_pick_mode_takes_the_fastest_but_prefers_fp32_when_within_5_percent():
     fp32, fp32_cl, bf16, bf16_cl = trainer.candidate_modes("auto", "auto", torch.device("cpu"))
     # bf16+channels_last clearly fastest (the CNN's case): it is taken
