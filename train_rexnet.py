@@ -8,9 +8,9 @@
 from trainer import main
 
 # 28 px: with the stride-1 stem it still ends at 2x2, for 23% less work than 32 px. On 2 CPU cores bf16 is
-# slower than fp32 for its depthwise convolutions; --precision auto picks fp32 + channels-last (167 images/s vs
-# 143 channels-first, BENCHMARKS.md), ~6 minutes an epoch: 9 epochs fit the hour.
-DEFAULTS = dict(epochs=9, batch_size=128, img_size=28, lr=2e-3, weight_decay=0.05, rotate=0.0, translate=2,
+# slower than fp32 for its depthwise convolutions; --precision auto picks fp32 + channels-last (196 images/s vs
+# 122 channels-first, BENCHMARKS.md); 10 epochs took 45 minutes (README, Results).
+DEFAULTS = dict(epochs=10, batch_size=128, img_size=28, lr=2e-3, weight_decay=0.05, rotate=0.0, translate=2,
                 label_smoothing=0.1)
 
 if __name__ == "__main__":
