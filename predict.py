@@ -484,14 +484,15 @@ def run_eval(args, predictors: list[Predictor], images: ImageCache, device: torc
     plot_wrong(pixels, probs, labels, class_names, first.run_dir / "wrong.png")
     print(f"saved {first.run_dir / 'confusion_matrix.png'} and {first.run_dir / 'wrong.png'}")
     if args.solution:
-        record_test_acc(predictors, result["accuracy"])
+        record_test_acc(predictors, result["accuracy"], args.tta)
     return result
 
 
-def record_test_acc(predictors: list[Predictor], accuracy: float):
-    """The runs table's test accuracy belongs to a single model's run; an ensemble's belongs to none."""
+def record_test_acc(predictors: list[Predictor], accuracy: float, tta: bool):
+    """The runs table's test accuracy (with --tta its own column) belongs to a single model's run; an
+    ensemble's belongs to none."""
     if len(predictors) == 1 and (predictors[0].run_dir / "run.json").is_file():
-        update_run_info(predictors[0].run_dir, test_acc=accuracy)
+        update_run_info(predictors[0].run_dir, **{"test_acc_tta" if tta else "test_acc": accuracy})
 
 
 def run_predict(args, predictors: list[Predictor], images: ImageCache, device: torch.device) -> Path:
@@ -508,7 +509,7 @@ def run_predict(args, predictors: list[Predictor], images: ImageCache, device: t
     if args.solution:
         accuracy = score(out, args.solution)
         print(f"accuracy against {args.solution}: {accuracy:.4f}")
-        record_test_acc(predictors, accuracy)
+        record_test_acc(predictors, accuracy, args.tta)
     return out
 
 

@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import shlex
+import shutil
 import signal
 import socket
 import statistics
@@ -79,6 +80,9 @@ class TrainConfig:
                           choices=["auto", "fp32", "bf16", "fp16"])
     channels_last: str = _opt("auto", "memory format: on, off, or auto (measured with --precision)",
                               choices=["auto", "on", "off"])
+    compile: bool = _opt(False, "compile the model with torch.compile (needs a C++ compiler on the CPU): the first step "
+                                "takes 15 s to minutes longer; whether later steps are faster depends on the model and "
+                                "machine (on 2 CPU cores ResNet-18 was not: bench/train_step.py --compile measures it)")
     seed: int = _opt(0, "random seed (split, initialisation, shuffling, augmentation)")
     name: str = _opt("", "run name (default: <arch>-<date>-<time>)")
     runs_dir: str = _opt("runs", "folder that holds the run folders")
@@ -96,7 +100,7 @@ class TrainConfig:
 
 
 # Flags that may differ from the saved run when resuming; any other flag must match it.
-RESUMABLE_CHANGES = {"epochs", "stop_at_epoch", "progress", "resume", "device", "runs_dir", "cache_dir"}
+RESUMABLE_CHANGES = {"epochs", "stop_at_epoch", "progress", "resume", "device", "runs_dir", "cache_dir", "compile"}
 
 
 def build_parser(arch: str, defaults: dict) -> argparse.ArgumentParser:
@@ -422,7 +426,7 @@ def plot_curves(run_dir: Path) -> Path:
 
 TABLE_COLUMNS = [("run", "run"), ("arch", "architecture"), ("epochs", "epochs"), ("batch_size", "batch size"),
                  ("img_size", "image size"), ("best_val_acc", "best val acc"), ("test_acc", "test acc"),
-                 ("train_time", "training time"), ("images_per_s", "images/s"), ("mode", "precision"),
+                 ("test_acc_tta", "test acc TTA"), ("train_time", "training time"), ("images_per_s", "images/s"), ("mode", "precision"),
                  ("status", "status")]
 
 
@@ -452,7 +456,8 @@ def run_command(config: dict) -> str:
     parts = ["python", script, "--data", config["data"], "--name", config["name"]]
     if config.get("runs_dir", "runs") != "runs":
         parts += ["--runs-dir", config["runs_dir"]]
-    for key, value in config.items():
+    # An option missing from an older run's config.json did not exist then: the run had its built-in default.
+    for key, value in {**built_in, **config}.items():
         if key in NOT_IN_COMMAND or key not in built_in or value == defaults.get(key, built_in[key]):
             continue
         flag = "--" + key.replace("_", "-")
@@ -475,6 +480,7 @@ def runs_table(runs_dir: str | Path, commands: bool = False) -> str:
             "run": info["name"], "arch": info["arch"], "epochs": f"{info['epochs_done']}/{info['epochs']}",
             "batch_size": info["batch_size"], "img_size": info["img_size"],
             "best_val_acc": _pct(info.get("best_val_acc")), "test_acc": _pct(info.get("test_acc")),
+            "test_acc_tta": _pct(info.get("test_acc_tta")),
             "train_time": _duration(info.get("train_time", 0)),
             "images_per_s": f"{info['images_per_s']:.0f}" if info.get("images_per_s") else "",
             "mode": info.get("mode", ""), "status": info["status"],
@@ -579,7 +585,7 @@ class Session:
     config: TrainConfig
     rt: Runtime
     run_dir: Path
-    model: nn.Module  # DistributedDataParallel-wrapped when distributed
+    model: nn.Module  # what trains: DistributedDataParallel-wrapped when distributed, compiled with --compile
     raw_model: nn.Module
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
@@ -814,6 +820,8 @@ def prepare_session(config: TrainConfig, rt: Runtime) -> tuple[Session, dict | N
     scaler = torch.amp.GradScaler(rt.device.type, enabled=mode.precision == "fp16")
     wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None) \
         if rt.distributed else model
+    if config.compile:
+        wrapped = compile_model(wrapped, rt)
     s = Session(config, rt, run_dir, wrapped, model, optimizer, scaler, mode, images.pixels, found.labels,
                 train_idx, val_idx, found.class_names, mean, std,
                 data.Augment(hflip=config.hflip, rotate=config.rotate, translate=config.translate, erase=config.erase),
@@ -827,6 +835,17 @@ def prepare_session(config: TrainConfig, rt: Runtime) -> tuple[Session, dict | N
         s.history, s.best_val_acc, s.best_epoch = resume["history"], resume["best_val_acc"], resume["best_epoch"]
         s.train_time = resume["train_time"]
     return s, resume
+
+
+def compile_model(model: nn.Module, rt: Runtime) -> nn.Module:
+    """torch.compile for training. It shares the parameters of `model`, whose state_dict (without the compiled
+    wrapper's "_orig_mod." prefix) is what checkpoints keep; evaluation runs the plain model."""
+    if rt.device.type == "cpu" and not any(shutil.which(c) for c in (os.environ.get("CXX") or "g++", "c++", "clang++")):
+        raise DataError("--compile on the CPU needs a C++ compiler (g++ or clang++, or $CXX) and found none on the "
+                        "PATH: install one (e.g. apt-get install g++) or train without compiling (--no-compile)")
+    if rt.is_main:
+        log.info("--compile: compiling the model; the first training step takes longer")
+    return torch.compile(model)
 
 
 def train(config: TrainConfig) -> Path:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import common
 
-BENCHMARKS = ["input_pipeline", "train_step", "time_to_accuracy", "predict_speed", "memory"]
+BENCHMARKS = ["input_pipeline", "train_step", "time_to_accuracy", "predict_speed", "memory", "compile_step"]
 
 
 def results_dir(out: Path) -> Path:

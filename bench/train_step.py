@@ -41,14 +41,16 @@ def script_defaults(arch: str) -> dict:
     return dict(importlib.import_module(f"train_{arch}").DEFAULTS)
 
 
-def session(arch: str, data_dir: str, runs_dir: str, precision: str, channels_last: str) -> tuple[trainer.Session, float]:
-    """A training session as train_<arch>.py sets it up, on all the demo's images; and the seconds
-    that setting up took (for auto, mostly its measurement of the modes)."""
+def session(arch: str, data_dir: str, runs_dir: str, precision: str, channels_last: str,
+            compile: bool = False) -> tuple[trainer.Session, float]:
+    """A training session as train_<arch>.py sets it up, on all the demo's images (compiled with `compile`);
+    and the seconds that setting up took (for auto, mostly its measurement of the modes)."""
     defaults = script_defaults(arch)
     config = trainer.TrainConfig(**{**dataclasses.asdict(trainer.TrainConfig()), **defaults, "arch": arch,
                                     "data": data_dir, "val_split": 0.0, "precision": precision,
                                     "channels_last": channels_last, "progress": False, "runs_dir": runs_dir,
-                                    "name": f"{arch}-{precision}-{channels_last}"})
+                                    "compile": compile,
+                                    "name": f"{arch}-{precision}-{channels_last}{'-compiled' if compile else ''}"})
     rt = trainer.Runtime(torch.device("cpu"))
     start = time.perf_counter()
     s, _ = trainer.prepare_session(config, rt)

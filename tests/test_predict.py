@@ -281,6 +281,18 @@ def test_eval_on_solution_records_test_accuracy(comp, cnn_run, capsys):
     assert "test acc" in (cnn_run.parent / "runs.md").read_text()
 
 
+def test_a_tta_score_is_recorded_beside_the_plain_one_not_over_it(comp, cnn_run, tmp_path):
+    plain = predict.main([str(cnn_run), "--data", str(comp), "--eval", "--solution", str(comp / "solution.csv"),
+                          "--no-progress"])["accuracy"]
+    predict.main([str(cnn_run), "--data", str(comp), "--out", str(tmp_path / "s.csv"), "--tta",
+                  "--solution", str(comp / "solution.csv"), "--no-progress"])
+    tta = predict.score(tmp_path / "s.csv", comp / "solution.csv")
+    info = json.loads((cnn_run / "run.json").read_text())
+    assert (info["test_acc"], info["test_acc_tta"]) == (pytest.approx(plain), pytest.approx(tta))
+    row = next(line for line in (cnn_run.parent / "runs.md").read_text().splitlines() if f"| {cnn_run.name} |" in line)
+    assert f"| {100 * plain:.2f}% | {100 * tta:.2f}% |" in row
+
+
 def test_eval_writes_no_submission(comp, cnn_run, tmp_path):
     assert "--eval" in predict_error(cnn_run, "--data", comp, "--eval", "--out", tmp_path / "s.csv")
 

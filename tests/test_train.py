@@ -132,6 +132,16 @@ def test_scripts_run_from_the_command_line(dataset, tmp_path):
     assert "--resume" in helptext and "(default: 32)" in helptext  # the script's own image size
 
 
+def test_an_older_runs_command_names_options_it_had_before_they_existed():
+    config = {**dataclasses.asdict(trainer.TrainConfig()), **importlib.import_module("train_cnn").DEFAULTS,
+              "arch": "cnn", "data": "d", "name": "old"}
+    assert trainer.run_command(config) == "python train_cnn.py --data d --name old"
+    # A script default that differs from the built-in one: a run saved before the option existed had the
+    # built-in value (as --resume assumes), so its command must say so.
+    del config["label_smoothing"]
+    assert trainer.run_command(config) == "python train_cnn.py --data d --name old --label-smoothing 0"
+
+
 def test_resume_gives_the_same_metrics_as_one_go(dataset, tmp_path):
     common = ["--data", dataset, "--runs-dir", tmp_path, "--epochs", 2, "--img-size", 16, *FAST]
     one_go = train("cnn", *common, "--name", "one-go")
@@ -308,6 +318,33 @@ def test_pick_mode_takes_the_fastest_but_prefers_fp32_when_within_5_percent():
     # a fixed precision (only fp16 candidates) still gets the fastest of them
     fp16, fp16_cl = trainer.candidate_modes("fp16", "auto", torch.device("cpu"))
     assert trainer.pick_mode({fp16: 1.0, fp16_cl: 0.8}) == fp16_cl
+
+
+def test_compile_trains_the_same_model_and_saves_plain_weights(dataset, tmp_path, monkeypatch):
+    import torch._inductor.config
+    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)  # dropout draws as eager does
+    common = ["--data", dataset, "--runs-dir", tmp_path, "--epochs", 1, "--img-size", 16, *FAST]
+    eager = train("cnn", *common, "--name", "eager")
+    compiled = train("cnn", *common, "--name", "compiled", "--compile")
+    a, b = (trainer.load_checkpoint(r / "last.pt")["model"] for r in (eager, compiled))
+    assert list(a) == list(b)  # no "_orig_mod." prefix: predict.py and --init read it as any other run
+    # the same steps on the same batches and dropout masks: only the rounding of fused kernels differs
+    # (Adam's update of a weight whose gradient is ~0 can flip sign on a rounding difference: compare norms)
+    assert all(torch.linalg.vector_norm(a[k].float() - b[k].float()) <= 1e-3 * torch.linalg.vector_norm(a[k].float())
+               for k in a if a[k].is_floating_point())
+    (ea,), (co,) = metrics(eager), metrics(compiled)
+    for column in ("train_loss", "val_loss"):
+        assert abs(float(ea[column]) - float(co[column])) < 1e-4, column
+    assert (ea["train_acc"], ea["val_acc"]) == (co["train_acc"], co["val_acc"])
+    # compiling is a speed option: it may be switched off when resuming
+    train("cnn", "--resume", compiled, "--epochs", 2, "--no-compile", "--no-progress")
+    assert len(metrics(compiled)) == 2
+
+
+def test_compile_without_a_cpp_compiler_says_so(dataset, tmp_path, monkeypatch):
+    monkeypatch.setattr(trainer.shutil, "which", lambda name: None)
+    with pytest.raises(SystemExit, match="--compile on the CPU needs a C\\+\\+ compiler"):
+        train("cnn", "--data", dataset, "--runs-dir", tmp_path, "--epochs", 1, "--img-size", 16, "--compile", *FAST)
 
 
 def test_init_replaces_the_head_when_classes_differ(dataset, tmp_path):
