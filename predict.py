@@ -56,6 +56,11 @@ class Predictor:
         return self.path.parent
 
     @property
+    def has_tta(self) -> bool:
+        """--tta adds mirrored images only for models trained with flips."""
+        return bool(self.checkpoint["config"].get("hflip", False))
+
+    @property
     def class_names(self) -> list[str]:
         return self.checkpoint["class_names"]
 
@@ -214,7 +219,7 @@ def model_probs(p: Predictor, pixels: np.ndarray, device: torch.device, batch_si
     batches = data.iterate_batches(pixels, None, np.arange(len(pixels)), batch_size)
     mean_std = (ckpt["mean"], ckpt["std"]) if ckpt["normalize"] else None
     for x, idx in data.prefetch(batches, device):
-        views = data.tta_views(x, tta and ckpt["config"].get("hflip", False))
+        views = data.tta_views(x, tta and p.has_tta)
         total = 0
         for view in views:
             with p.mode.autocast(device):
@@ -489,10 +494,11 @@ def run_eval(args, predictors: list[Predictor], images: ImageCache, device: torc
 
 
 def record_test_acc(predictors: list[Predictor], accuracy: float, tta: bool):
-    """The runs table's test accuracy (with --tta its own column) belongs to a single model's run; an
-    ensemble's belongs to none."""
+    """The runs table's test accuracy (with TTA in a column of its own) belongs to a single model's run; an
+    ensemble's belongs to none. A model trained without flips gets no TTA: its score is the plain one."""
     if len(predictors) == 1 and (predictors[0].run_dir / "run.json").is_file():
-        update_run_info(predictors[0].run_dir, **{"test_acc_tta" if tta else "test_acc": accuracy})
+        key = "test_acc_tta" if tta and predictors[0].has_tta else "test_acc"
+        update_run_info(predictors[0].run_dir, **{key: accuracy})
 
 
 def run_predict(args, predictors: list[Predictor], images: ImageCache, device: torch.device) -> Path:

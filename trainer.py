@@ -82,7 +82,7 @@ class TrainConfig:
                               choices=["auto", "on", "off"])
     compile: bool = _opt(False, "compile the model with torch.compile (needs a C++ compiler on the CPU): the first step "
                                 "takes 15 s to minutes longer; whether later steps are faster depends on the model and "
-                                "machine (on 2 CPU cores ResNet-18 was not: bench/train_step.py --compile measures it)")
+                                "machine: bench/compile_step.py measures it")
     seed: int = _opt(0, "random seed (split, initialisation, shuffling, augmentation)")
     name: str = _opt("", "run name (default: <arch>-<date>-<time>)")
     runs_dir: str = _opt("runs", "folder that holds the run folders")
@@ -441,7 +441,8 @@ def _pid_alive(info: dict) -> bool:
 
 
 # Flags that say where or how a run is carried out, not what it trains: left out of its command.
-NOT_IN_COMMAND = {"arch", "data", "name", "runs_dir", "resume", "progress", "stop_at_epoch", "device", "cache_dir"}
+NOT_IN_COMMAND = {"arch", "data", "name", "runs_dir", "resume", "progress", "stop_at_epoch", "device", "cache_dir",
+                  "compile"}
 
 
 def run_command(config: dict) -> str:
@@ -840,9 +841,14 @@ def prepare_session(config: TrainConfig, rt: Runtime) -> tuple[Session, dict | N
 def compile_model(model: nn.Module, rt: Runtime) -> nn.Module:
     """torch.compile for training. It shares the parameters of `model`, whose state_dict (without the compiled
     wrapper's "_orig_mod." prefix) is what checkpoints keep; evaluation runs the plain model."""
-    if rt.device.type == "cpu" and not any(shutil.which(c) for c in (os.environ.get("CXX") or "g++", "c++", "clang++")):
-        raise DataError("--compile on the CPU needs a C++ compiler (g++ or clang++, or $CXX) and found none on the "
-                        "PATH: install one (e.g. apt-get install g++) or train without compiling (--no-compile)")
+    if rt.device.type == "cpu":
+        import torch._inductor.config as inductor_config
+        wanted = inductor_config.cpp.cxx  # what inductor will run: $CXX, else g++ (clang++ on macOS)
+        names = [c for c in (wanted if isinstance(wanted, (list, tuple)) else (wanted,)) if c]
+        if not any(shutil.which(c) for c in names):
+            raise DataError(f"--compile on the CPU needs a C++ compiler ({' or '.join(names)}, set by $CXX) and "
+                            "found none on the PATH: install one (e.g. apt-get install g++) or train without "
+                            "compiling (--no-compile)")
     if rt.is_main:
         log.info("--compile: compiling the model; the first training step takes longer")
     return torch.compile(model)

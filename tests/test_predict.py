@@ -282,15 +282,26 @@ def test_eval_on_solution_records_test_accuracy(comp, cnn_run, capsys):
 
 
 def test_a_tta_score_is_recorded_beside_the_plain_one_not_over_it(comp, cnn_run, tmp_path):
-    plain = predict.main([str(cnn_run), "--data", str(comp), "--eval", "--solution", str(comp / "solution.csv"),
-                          "--no-progress"])["accuracy"]
     predict.main([str(cnn_run), "--data", str(comp), "--out", str(tmp_path / "s.csv"), "--tta",
                   "--solution", str(comp / "solution.csv"), "--no-progress"])
     tta = predict.score(tmp_path / "s.csv", comp / "solution.csv")
+    plain = predict.main([str(cnn_run), "--data", str(comp), "--eval", "--solution", str(comp / "solution.csv"),
+                          "--no-progress"])["accuracy"]
     info = json.loads((cnn_run / "run.json").read_text())
     assert (info["test_acc"], info["test_acc_tta"]) == (pytest.approx(plain), pytest.approx(tta))
     row = next(line for line in (cnn_run.parent / "runs.md").read_text().splitlines() if f"| {cnn_run.name} |" in line)
     assert f"| {100 * plain:.2f}% | {100 * tta:.2f}% |" in row
+    # which column a score goes to, with scores that differ (on the tiny data both may well be 100%)
+    predictor = predict.load_models([str(cnn_run)], torch.device("cpu"))
+    predict.record_test_acc(predictor, 0.25, tta=True)
+    predict.record_test_acc(predictor, 0.5, tta=False)
+    info = json.loads((cnn_run / "run.json").read_text())
+    assert (info["test_acc"], info["test_acc_tta"]) == (0.5, 0.25)
+    # a model trained without flips gets no TTA: --tta gives its plain score, recorded as such
+    predictor[0].checkpoint["config"]["hflip"] = False
+    predict.record_test_acc(predictor, 0.75, tta=True)
+    info = json.loads((cnn_run / "run.json").read_text())
+    assert (info["test_acc"], info["test_acc_tta"]) == (0.75, 0.25)
 
 
 def test_eval_writes_no_submission(comp, cnn_run, tmp_path):

@@ -7,6 +7,7 @@ import importlib
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -320,6 +321,8 @@ def test_pick_mode_takes_the_fastest_but_prefers_fp32_when_within_5_percent():
     assert trainer.pick_mode({fp16: 1.0, fp16_cl: 0.8}) == fp16_cl
 
 
+@pytest.mark.skipif(not shutil.which(os.environ.get("CXX", "g++")), reason="torch.compile on the CPU needs g++ "
+                    "($CXX); .ci/run installs it")
 def test_compile_trains_the_same_model_and_saves_plain_weights(dataset, tmp_path, monkeypatch):
     import torch._inductor.config
     monkeypatch.setattr(torch._inductor.config, "fallback_random", True)  # dropout draws as eager does
@@ -335,7 +338,9 @@ def test_compile_trains_the_same_model_and_saves_plain_weights(dataset, tmp_path
     (ea,), (co,) = metrics(eager), metrics(compiled)
     for column in ("train_loss", "val_loss"):
         assert abs(float(ea[column]) - float(co[column])) < 1e-4, column
-    assert (ea["train_acc"], ea["val_acc"]) == (co["train_acc"], co["val_acc"])
+    # an image whose two top logits are within rounding of each other may flip: at most one of 48 / 6
+    assert abs(float(ea["train_acc"]) - float(co["train_acc"])) <= 1 / 48 + 1e-9
+    assert abs(float(ea["val_acc"]) - float(co["val_acc"])) <= 1 / 6 + 1e-9
     # compiling is a speed option: it may be switched off when resuming
     train("cnn", "--resume", compiled, "--epochs", 2, "--no-compile", "--no-progress")
     assert len(metrics(compiled)) == 2
