@@ -2,7 +2,7 @@
 a summary of the targets, then each benchmark's section with the command that reproduces it and when it
 was measured.
 
-    python bench/run_all.py                              # the full figures (about an hour on 2 cores)
+    python bench/run_all.py                              # the full figures (about an hour and a half on 2 cores)
     python bench/run_all.py --quick --out /tmp/BENCHMARKS-quick.md    # a few minutes each
     python bench/run_all.py --only train_step            # measure one again; the other sections are kept
     python bench/run_all.py --quick --full time_to_accuracy   # quick, but the accuracy target on all the data
@@ -68,7 +68,7 @@ def assemble(out: Path, results: Path):
         "",
         f"- Machine: {m['cpu']}, {m['cores']} cores ({m['features']}), {m['memory']} memory, GPU: {m['gpu']}",
         f"- Software: Python {m['python']}, torch {m['torch']}, torchvision {m['torchvision']}, OpenCV {m['opencv']}",
-        "- Reproduce everything: `python bench/run_all.py` (about an hour); `--only NAME` measures one benchmark "
+        "- Reproduce everything: `python bench/run_all.py` (about an hour and a half); `--only NAME` measures one benchmark "
         "again and keeps the other sections. Each section gives its own command, date and the load on the machine "
         "while it ran. Ratios are what count; times vary with the machine and anything else running on it.",
         "",
