@@ -426,8 +426,8 @@ def plot_curves(run_dir: Path) -> Path:
 
 TABLE_COLUMNS = [("run", "run"), ("arch", "architecture"), ("epochs", "epochs"), ("batch_size", "batch size"),
                  ("img_size", "image size"), ("best_val_acc", "best val acc"), ("test_acc", "test acc"),
-                 ("test_acc_tta", "test acc TTA"), ("train_time", "training time"), ("images_per_s", "images/s"), ("mode", "precision"),
-                 ("status", "status")]
+                 ("test_acc_tta", "test acc TTA"), ("train_time", "training time"), ("images_per_s", "images/s"),
+                 ("mode", "precision"), ("status", "status")]
 
 
 def _pid_alive(info: dict) -> bool:
