@@ -53,6 +53,17 @@ def demo_dir(path: str) -> Path:
     return root
 
 
+def archs(parser: argparse.ArgumentParser, value: str | None, default: str | None = None) -> list[str]:
+    """The architectures of a comma-separated --archs (`default` when not given, every one when neither is),
+    or a parser error naming the unknown ones."""
+    from models import MODELS
+    names = [a.strip() for a in (value or default or ",".join(MODELS)).split(",") if a.strip()]
+    unknown = sorted(set(names) - set(MODELS))
+    if unknown:
+        parser.error(f"unknown architecture(s) {unknown}; known: {', '.join(MODELS)}")
+    return names
+
+
 def subset_competition(src: Path, dst: Path, n_train: int, n_test: int | None = None) -> Path:
     """A smaller competition in `dst`, in the same CSV layout, whose images are symlinks to the first
     `n_train` training (and `n_test` test) images of `src`; `n_test` None keeps every test image."""

@@ -20,7 +20,6 @@ import common  # puts the repository root on sys.path
 
 import torch
 
-from models import MODELS
 from train_step import Ours, session
 
 
@@ -53,11 +52,7 @@ def main(argv=None):
     args.repeats = args.repeats or (3 if args.quick else 5)
     args.steps = args.steps or (4 if args.quick else 10)
     args.data = str(common.demo_dir(args.data))
-    archs = [a.strip() for a in (args.archs or ("cnn,resnet" if args.quick else ",".join(MODELS))).split(",")
-             if a.strip()]
-    unknown = sorted(set(archs) - set(MODELS))
-    if unknown:
-        parser.error(f"unknown architecture(s) {unknown}; known: {', '.join(MODELS)}")
+    archs = common.archs(parser, args.archs, "cnn,resnet" if args.quick else None)
 
     report = common.Report("6. Compiling (--compile)", args)
     with tempfile.TemporaryDirectory(prefix="bench-compile-") as runs_dir:

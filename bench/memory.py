@@ -17,7 +17,6 @@ from pathlib import Path
 
 import common  # puts the repository root on sys.path
 
-from models import MODELS
 
 GIB = 2**30
 
@@ -41,10 +40,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     n_images = args.images or (10_000 if args.quick else None)
     root = common.demo_dir(args.data)
-    archs = [a.strip() for a in args.archs.split(",") if a.strip()]
-    unknown = sorted(set(archs) - set(MODELS))
-    if unknown:
-        parser.error(f"unknown architecture(s) {unknown}; known: {', '.join(MODELS)}")
+    archs = common.archs(parser, args.archs)
     report = common.Report("5. Memory", args)
     # What importing the toolkit alone holds (torch, timm, OpenCV, ...): the floor under every run.
     imports = common.check(common.run_python(["-c", "import trainer, predict"]), "importing the toolkit").max_rss_bytes

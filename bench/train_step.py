@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 import data
 import trainer
-from models import MODELS, build_model
+from models import build_model
 
 PLAIN = "plain fp32"
 
@@ -161,11 +161,7 @@ def main(argv=None):
     args.min_steps = args.min_steps or (2 if args.quick else 3)
     args.choices = args.choices or (1 if args.quick else 3)
     args.data = str(common.demo_dir(args.data))
-    archs = [a.strip() for a in (args.archs or ("cnn,alexnet,coatnet" if args.quick else ",".join(MODELS))).split(",")
-             if a.strip()]
-    unknown = sorted(set(archs) - set(MODELS))
-    if unknown:
-        parser.error(f"unknown architecture(s) {unknown}; known: {', '.join(MODELS)}")
+    archs = common.archs(parser, args.archs, "cnn,alexnet,coatnet" if args.quick else None)
 
     report = common.Report("2. Training step", args)
     results = []
