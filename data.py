@@ -1,5 +1,6 @@
-"""Every pixel of the toolkit: finding images, decoding them once into a cached array, batching,
-augmentation and normalisation. Training and predict.py both read images through this module.
+"""Every pixel of the toolkit and every dataset file: finding images, reading the dataset's CSVs and matching
+their ids to files, decoding images once into a cached array, the one batch path (`batches` + `Preprocess`),
+augmentation and normalisation. Training, prediction and the benchmarks all read images through this module.
 
     python data.py fashion-mnist data/fashion-mnist   # write the demo competition
     python data.py info DIR                            # show what a dataset folder holds
@@ -22,7 +23,7 @@ import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -30,16 +31,15 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from errors import DataError
+from fileio import atomic_write_text
+
 log = logging.getLogger("imgcomp")
 
 IMG_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 ID_COLUMNS = ("id", "image", "image_id", "filename", "file", "path", "file_name", "image_name", "img")
 LABEL_COLUMNS = ("label", "class", "target", "category", "labels", "class_name")
 CACHE_VERSION = 1
-
-
-class DataError(ValueError):
-    """A problem with the user's data, with a message that names the file, row or flag at fault."""
 
 
 def natural_key(text: str):
@@ -195,35 +195,53 @@ class FileIndex:
         return None
 
 
-def read_csv_rows(csv_path: Path) -> tuple[list[str], list[dict]]:
-    """A CSV's header and rows; a clear error for an empty or unreadable file."""
+@dataclass
+class CsvTable:
+    """A CSV file's header and rows (each as long as the header), with each row's line number for messages."""
+    path: Path
+    header: list[str]
+    rows: list[list[str]]
+    lines: list[int]
+
+    def column(self, name: str) -> list[str]:
+        i = self.header.index(name)
+        return [row[i] for row in self.rows]
+
+
+def read_csv(path: str | Path) -> CsvTable:
+    """The one CSV reader (train.csv, sample_submission.csv, solution files, submissions read back): UTF-8 with
+    or without a BOM, any line ending, blank lines skipped; a clear error for a missing, empty, unreadable
+    or ragged file, naming the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path} does not exist")
+    rows, lines = [], []
     try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            rows = list(reader)
-            header = list(reader.fieldnames or [])
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if not header:
+                raise DataError(f"{path}: empty file (no header row)")
+            for row in reader:
+                if not row:
+                    continue
+                if len(row) != len(header):
+                    raise DataError(f"{path} line {reader.line_num}: {len(row)} column(s), the header has {len(header)}")
+                rows.append(row)
+                lines.append(reader.line_num)
     except (UnicodeDecodeError, csv.Error) as e:
-        raise DataError(f"{csv_path}: not a readable CSV file ({e})") from None
-    if not header:
-        raise DataError(f"{csv_path}: empty file (no header row)")
-    return header, rows
+        raise DataError(f"{path}: not a readable CSV file ({e})") from None
+    return CsvTable(path, header, rows, lines)
 
 
-def _read_train_csv(root: Path, csv_path: Path, id_col, label_col, notes) -> tuple[list[Path], list[str]]:
-    header, rows = read_csv_rows(csv_path)
-    id_col = _pick_column(header, id_col, ID_COLUMNS, "id", "--id-col", csv_path)
-    label_col = _pick_column(header, label_col, LABEL_COLUMNS, "label", "--label-col", csv_path)
-    image_dir = next((d for d in (root / "train", root / "images") if d.is_dir()), None)
-    if image_dir is None:
-        raise DataError(f"{csv_path} found but no image folder: expected {root / 'train'} or {root / 'images'}")
-    index = FileIndex(image_dir, notes)
-    files, names, missing, seen, duplicates, seen_paths = [], [], [], {}, [], {}
-    for line, row in enumerate(rows, start=2):  # line 1 is the header
-        where = f"{csv_path} line {line}"
-        ident = _check_id(row.get(id_col) or "", where)
-        label = (row.get(label_col) or "").strip()
-        if not label:
-            raise DataError(f"{where}: empty label for id {ident!r}")
+def match_ids(ids: list[str], lines: list[int], index: FileIndex, source: Path, complete: bool = False) -> list[Path]:
+    """The image of each id (stripped) of the CSV `source`, in order. One error lists every duplicate id (or
+    two ids naming one file), the next every id without an image; with `complete`, also an error listing the
+    images of the folder that no id names. An empty id, or one pointing outside the folder, is an error
+    naming its line."""
+    files, missing, duplicates, seen, seen_paths = [], [], [], {}, {}
+    for raw, line in zip(ids, lines):
+        ident = _check_id(raw, f"{source} line {line}")
         if ident in seen:
             duplicates.append(f"line {line}: {ident!r} (first on line {seen[ident]})")
             continue
@@ -231,26 +249,46 @@ def _read_train_csv(root: Path, csv_path: Path, id_col, label_col, notes) -> tup
         path = index.find(ident)
         if path is None:
             missing.append(f"line {line}: {ident!r}")
-            continue
-        if path in seen_paths:  # e.g. "a" and "a.png": one image listed twice
+        elif path in seen_paths:  # e.g. "a" and "a.png": one image named twice
             duplicates.append(f"line {line}: {ident!r} (same file as line {seen_paths[path]})")
-            continue
-        seen_paths[path] = line
+        else:
+            seen_paths[path] = line
         files.append(path)
-        names.append(label)
     if duplicates:
-        raise DataError(f"{csv_path}: {len(duplicates)} duplicate id(s):{listing(duplicates)}")
+        raise DataError(f"{source}: {len(duplicates)} duplicate id(s):{listing(duplicates)}")
     if missing:
-        raise DataError(f"{csv_path}: {len(missing)} row(s) name an image not found in {image_dir}:{listing(missing)}")
-    if not files:
+        raise DataError(f"{source}: {len(missing)} id(s) have no image in {index.folder} (file not found):"
+                        f"{listing(missing)}")
+    if complete:
+        unnamed = sorted(set(index.files) - set(files), key=lambda p: natural_key(str(p)))
+        if unnamed:
+            raise DataError(f"{len(unnamed)} image(s) in {index.folder} are missing from {source}:{listing(unnamed)}")
+    return files
+
+
+def _read_train_csv(root: Path, csv_path: Path, id_col, label_col, notes) -> tuple[list[Path], list[str]]:
+    table = read_csv(csv_path)
+    id_col = _pick_column(table.header, id_col, ID_COLUMNS, "id", "--id-col", csv_path)
+    label_col = _pick_column(table.header, label_col, LABEL_COLUMNS, "label", "--label-col", csv_path)
+    image_dir = next((d for d in (root / "train", root / "images") if d.is_dir()), None)
+    if image_dir is None:
+        raise DataError(f"{csv_path} found but no image folder: expected {root / 'train'} or {root / 'images'}")
+    if not table.rows:
         raise DataError(f"{csv_path}: no rows")
+    ids, names = table.column(id_col), [label.strip() for label in table.column(label_col)]
+    for ident, label, line in zip(ids, names, table.lines):  # the first faulty row, in file order
+        ident = _check_id(ident, f"{csv_path} line {line}")
+        if not label:
+            raise DataError(f"{csv_path} line {line}: empty label for id {ident!r}")
+    index = FileIndex(image_dir, notes)
+    files = match_ids(ids, table.lines, index, csv_path)
     unused = len(index.files) - len(files)
     if unused > 0:
         notes.append(f"{unused} image(s) in {image_dir} are not listed in {csv_path.name} and are not used")
     return files, names
 
 
-def test_index(root: str | Path) -> FileIndex:
+def index_test_images(root: str | Path) -> FileIndex:
     """The unlabelled images of `root/test/` (natural order in `.files`), indexed by id."""
     test_dir = Path(root) / "test"
     if not test_dir.is_dir():
@@ -266,7 +304,7 @@ def test_index(root: str | Path) -> FileIndex:
 
 def find_test_images(root: str | Path) -> list[Path]:
     """The unlabelled images of `root/test/`, in natural order."""
-    return test_index(root).files
+    return index_test_images(root).files
 
 
 # ----------------------------------------------------------------------------------------------
@@ -371,7 +409,7 @@ def load_images(files: list[Path], img_size: int, channels: int | None = None, c
     pixels.flush()
     del pixels
     os.replace(tmp_npy, npy_path)
-    _atomic_write_text(meta_path, json.dumps({"files": len(files), "img_size": img_size, "bad": bad}))
+    atomic_write_text(meta_path, json.dumps({"files": len(files), "img_size": img_size, "bad": bad}))
     for old in cache_dir.glob(f"images-{img_size}px-{names_key}-*"):  # superseded versions of this file list
         if old.stem != stem.name:
             old.unlink(missing_ok=True)
@@ -425,12 +463,6 @@ def _decode_all(files, img_size, channels, cache_dir, workers, progress, desc):
     return pixels, bad
 
 
-def _atomic_write_text(path: Path, text: str):
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 # ----------------------------------------------------------------------------------------------
 # Splits, statistics, batches and augmentation
 # ----------------------------------------------------------------------------------------------
@@ -467,18 +499,31 @@ def channel_stats(pixels: np.ndarray, indices: np.ndarray, chunk: int = 4096) ->
     return [float(m) for m in mean], [float(s) for s in std]
 
 
+def batches(pixels: np.ndarray, labels: np.ndarray | None, indices: np.ndarray, batch_size: int,
+            device: torch.device, shuffle: bool = False, seed: int = 0, epoch: int = 0, drop_last: bool = False,
+            start_step: int = 0, stop_step: int | None = None, rank: int = 0, world_size: int = 1):
+    """The one batch path of training, evaluation, prediction and the benchmarks: (uint8 images, labels)
+    on `device`, gathered from the cached array by index on a background thread while the current batch is
+    used (`iterate_batches` + `prefetch`). With `labels` None each batch's second item is its indices.
+    `Preprocess` then turns the images into the model's input."""
+    return prefetch(iterate_batches(pixels, labels, indices, batch_size, shuffle=shuffle, seed=seed, epoch=epoch,
+                                    drop_last=drop_last, start_step=start_step, stop_step=stop_step, rank=rank,
+                                    world_size=world_size), device)
+
+
 def iterate_batches(pixels: np.ndarray, labels: np.ndarray | None, indices: np.ndarray, batch_size: int,
                     shuffle: bool = False, seed: int = 0, epoch: int = 0, drop_last: bool = False,
-                    start_step: int = 0, rank: int = 0, world_size: int = 1):
-    """Yield (uint8 images, labels) batches gathered from the cached array by index.
+                    start_step: int = 0, stop_step: int | None = None, rank: int = 0, world_size: int = 1):
+    """Yield (uint8 images, labels) batches gathered from the cached array by index, steps
+    `start_step` up to `stop_step` (default: the whole epoch).
 
     The order of an epoch depends only on (seed, epoch), so a resumed run sees the same batches. Each of
     `world_size` processes takes its share of every batch."""
     indices = np.asarray(indices)
     if shuffle:
         indices = np.random.default_rng([seed, epoch]).permutation(indices)
-    n_steps = len(indices) // batch_size if drop_last and len(indices) >= batch_size else math.ceil(len(indices) / batch_size)
-    for step in range(start_step, n_steps):
+    n_steps = count_batches(len(indices), batch_size, drop_last)
+    for step in range(start_step, n_steps if stop_step is None else min(stop_step, n_steps)):
         idx = np.sort(indices[step * batch_size:(step + 1) * batch_size][rank::world_size])
         x = torch.from_numpy(np.ascontiguousarray(pixels[idx]))
         y = torch.from_numpy(labels[idx]) if labels is not None else torch.from_numpy(idx)
@@ -486,6 +531,7 @@ def iterate_batches(pixels: np.ndarray, labels: np.ndarray | None, indices: np.n
 
 
 def count_batches(n: int, batch_size: int, drop_last: bool) -> int:
+    """Batches in an epoch of `n` images (the one place that counts them)."""
     return n // batch_size if drop_last and n >= batch_size else math.ceil(n / batch_size)
 
 
@@ -592,16 +638,23 @@ def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
     return (x - mean) / std
 
 
-def prepare_batch(x: torch.Tensor, mean_std: tuple | None = None, augment: Augment | None = None,
-                  memory_format=torch.contiguous_format) -> torch.Tensor:
-    """uint8 images on the device -> the model's input: 0..1 floats, augmented (training only), normalised
-    with (mean, std) when given. Training and prediction both go through here."""
-    x = to_float(x)
-    if augment is not None:
-        x = augment(x)
-    if mean_std is not None:
-        x = normalize(x, *mean_std)
-    return x.contiguous(memory_format=memory_format)
+@dataclass
+class Preprocess:
+    """uint8 images on the device -> the model's input: 0..1 floats, augmented (when training and given an
+    `augment`), normalised with (mean, std) when given, in the model's memory format. Training, evaluation
+    and prediction all go through here."""
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    augment: Augment | None = None
+    memory_format: torch.memory_format = torch.contiguous_format
+
+    def __call__(self, x: torch.Tensor, train: bool = False) -> torch.Tensor:
+        x = to_float(x)
+        if train and self.augment is not None:
+            x = self.augment(x)
+        if self.mean is not None:
+            x = normalize(x, self.mean, self.std)
+        return x.contiguous(memory_format=self.memory_format)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -31,8 +31,11 @@ import torch
 from torch import nn
 
 import data
-from data import DataError
-from trainer import Mode, atomic_write, load_checkpoint, model_from_checkpoint, setup_runtime, update_run_info
+from checkpoint import ModelSpec, load_checkpoint, read_spec
+from errors import DataError, UsageError
+from fileio import atomic_write
+from runs import update_run_info
+from runtime import setup_runtime
 
 log = logging.getLogger("imgcomp")
 
@@ -45,11 +48,11 @@ DEFAULT_HEADER = ["id", "label"]
 
 @dataclass
 class Predictor:
-    """One checkpoint, its model on the device, and the precision it was trained with."""
+    """One checkpoint, its spec, and its model on the device in the compute format it was trained with."""
     path: Path
     checkpoint: dict
+    spec: ModelSpec
     model: nn.Module
-    mode: Mode
 
     @property
     def run_dir(self) -> Path:
@@ -58,11 +61,11 @@ class Predictor:
     @property
     def has_tta(self) -> bool:
         """--tta adds mirrored images only for models trained with flips."""
-        return bool(self.checkpoint["config"].get("hflip", False))
+        return self.spec.hflip
 
     @property
     def class_names(self) -> list[str]:
-        return self.checkpoint["class_names"]
+        return self.spec.class_names
 
 
 def checkpoint_path(path: str | Path) -> Path:
@@ -81,11 +84,13 @@ def load_models(paths: list[str], device: torch.device) -> list[Predictor]:
     for given in paths:
         path = checkpoint_path(given)
         ckpt = load_checkpoint(path)
-        mode = Mode(**ckpt["mode"])
-        model = model_from_checkpoint(ckpt).to(device, memory_format=mode.memory_format).eval()
-        predictors.append(Predictor(path, ckpt, model, mode))
-        log.info("%s: %s, %d classes, %dpx x %d channel(s), epoch %d, %s", path, ckpt["arch"], len(ckpt["class_names"]),
-                 ckpt["img_size"], ckpt["channels"], ckpt["epoch"], mode)
+        spec = read_spec(ckpt)
+        model = spec.build()
+        model.load_state_dict(ckpt["model"])
+        model.to(device, memory_format=spec.compute.memory_format).eval()
+        predictors.append(Predictor(path, ckpt, spec, model))
+        log.info("%s: %s, %d classes, %dpx x %d channel(s), epoch %d, %s", path, spec.arch, len(spec.class_names),
+                 spec.img_size, spec.channels, ckpt["epoch"], spec.compute)
     first = predictors[0]
     for p in predictors[1:]:
         if p.class_names != first.class_names:
@@ -98,88 +103,38 @@ def load_models(paths: list[str], device: torch.device) -> list[Predictor]:
 # Which rows: the sample submission, or every test image
 # ----------------------------------------------------------------------------------------------
 
-@dataclass
-class IdTable:
-    """A CSV of (id, value) rows such as sample_submission.csv or solution.csv; `lines` are the file's
-    line numbers of the rows, for messages."""
-    path: Path | None
-    header: list[str]
-    ids: list[str]
-    values: list[str]
-    lines: list[int]
+def read_id_csv(path: str | Path) -> data.CsvTable:
+    """A CSV of (id, value, ...) rows such as sample_submission.csv or solution.csv: the first column is the
+    id, the second the label."""
+    table = data.read_csv(path)
+    if len(table.header) < 2:
+        raise DataError(f"{path}: the header {table.header} has {len(table.header)} column(s); expected id and label")
+    return table
 
 
-def read_sample(path: str | Path) -> IdTable:
-    """The header and rows of an id CSV: the first column is the id, the second the label."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path} does not exist")
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
-            header = next(reader, None)
-            if not header:
-                raise DataError(f"{path}: empty file (no header row)")
-            if len(header) < 2:
-                raise DataError(f"{path}: the header {header} has {len(header)} column(s); expected id and label")
-            ids, values, lines = [], [], []
-            for row in reader:
-                if not row:
-                    continue
-                if len(row) != len(header):
-                    raise DataError(f"{path} line {reader.line_num}: {len(row)} column(s), the header has {len(header)}")
-                ids.append(row[0])
-                values.append(row[1])
-                lines.append(reader.line_num)
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise DataError(f"{path}: not a readable CSV file ({e})") from None
-    return IdTable(path, header, ids, values, lines)
+def ids_of(table: data.CsvTable) -> list[str]:
+    return [row[0] for row in table.rows]
 
 
-def match_ids(table: IdTable, index: data.FileIndex, complete: bool = True) -> list[Path]:
-    """The test image of each id of `table`, in its order. Errors list ids without a file, duplicate ids and,
-    when `complete`, test images that no row names."""
-    test_dir = index.folder
-    files, missing, duplicates, seen, seen_paths = [], [], [], {}, {}
-    for ident, line in zip(table.ids, table.lines):
-        key = ident.strip()
-        if key in seen:
-            duplicates.append(f"line {line}: {ident!r} (first on line {seen[key]})")
-            continue
-        seen[key] = line
-        path = index.find(key) if key else None
-        if path is None:
-            missing.append(f"line {line}: {ident!r}")
-        elif path in seen_paths:  # e.g. "a" and "a.png": one image named twice
-            duplicates.append(f"line {line}: {ident!r} (same file as line {seen_paths[path]})")
-        else:
-            seen_paths[path] = line
-        files.append(path)
-    if duplicates:
-        raise DataError(f"{table.path}: {len(duplicates)} duplicate id(s):{data.listing(duplicates)}")
-    if missing:
-        raise DataError(f"{table.path}: {len(missing)} id(s) have no image in {test_dir}:{data.listing(missing)}")
-    if complete:
-        unnamed = sorted(set(index.files) - set(files), key=lambda p: data.natural_key(str(p)))
-        if unnamed:
-            raise DataError(f"{len(unnamed)} image(s) in {test_dir} are missing from {table.path}:{data.listing(unnamed)}")
-    return files
+def values_of(table: data.CsvTable) -> list[str]:
+    return [row[1] for row in table.rows]
 
 
-def test_rows(data_dir: Path) -> tuple[list[str], list[str], list[Path]]:
+def submission_rows(data_dir: Path) -> tuple[list[str], list[str], list[Path]]:
     """(header, ids, image files) of the submission: the sample's when DIR/sample_submission.csv exists,
     else every test image in natural order, ids without extension."""
-    index = data.test_index(data_dir)  # also: a clear error when test/ is missing or empty
+    index = data.index_test_images(data_dir)  # also: a clear error when test/ is missing or empty
     test_dir, files = index.folder, index.files
     sample_path = data_dir / "sample_submission.csv"
     if sample_path.is_file():
-        sample = read_sample(sample_path)
+        sample = read_id_csv(sample_path)
         if len(sample.header) != 2:
             raise DataError(f"{sample_path}: {len(sample.header)} columns {sample.header}; "
                             "predict.py writes an id and one prediction column")
-        if not sample.ids:
+        if not sample.rows:
             raise DataError(f"{sample_path}: no rows")
-        return sample.header, sample.ids, match_ids(sample, index)
+        return sample.header, ids_of(sample), data.match_ids(ids_of(sample), sample.lines, index, sample_path,
+                                                             complete=True)
     ids = [os.path.splitext(Path(os.path.relpath(f, test_dir)).as_posix())[0] for f in files]
     if len(set(ids)) != len(ids):
         clashes = sorted(i for i, n in Counter(ids).items() if n > 1)
@@ -214,16 +169,14 @@ class ImageCache:
 def model_probs(p: Predictor, pixels: np.ndarray, device: torch.device, batch_size: int, tta: bool) -> np.ndarray:
     """Softmax probabilities (N, classes) of one model, averaged over the TTA views; batched, in the
     precision and memory format the model was trained with."""
-    ckpt = p.checkpoint
-    out = np.zeros((len(pixels), len(ckpt["class_names"])), dtype=np.float64)
-    batches = data.iterate_batches(pixels, None, np.arange(len(pixels)), batch_size)
-    mean_std = (ckpt["mean"], ckpt["std"]) if ckpt["normalize"] else None
-    for x, idx in data.prefetch(batches, device):
+    out = np.zeros((len(pixels), len(p.class_names)), dtype=np.float64)
+    preprocess = p.spec.preprocess()
+    for x, idx in data.batches(pixels, None, np.arange(len(pixels)), batch_size, device):
         views = data.tta_views(x, tta and p.has_tta)
         total = 0
         for view in views:
-            with p.mode.autocast(device):
-                logits = p.model(data.prepare_batch(view, mean_std, memory_format=p.mode.memory_format))
+            with p.spec.compute.autocast(device):
+                logits = p.model(preprocess(view))
             total = total + logits.float().softmax(1)
         out[idx.cpu().numpy()] = (total / len(views)).double().cpu().numpy()
     return out
@@ -235,7 +188,7 @@ def predict_probs(predictors: list[Predictor], files: list[Path], images: ImageC
     image size and channels."""
     total = np.zeros((len(files), len(predictors[0].class_names)), dtype=np.float64)
     for p in predictors:
-        pixels = images.pixels(files, p.checkpoint["img_size"], p.checkpoint["channels"])
+        pixels = images.pixels(files, p.spec.img_size, p.spec.channels)
         total += model_probs(p, pixels, device, batch_size, tta)
     return total / len(predictors)
 
@@ -244,17 +197,17 @@ def predict_probs(predictors: list[Predictor], files: list[Path], images: ImageC
 # Writing and scoring
 # ----------------------------------------------------------------------------------------------
 
-def check_submission(table: IdTable, header: list[str], ids: list[str], class_names: list[str]):
+def check_submission(table: data.CsvTable, header: list[str], ids: list[str], class_names: list[str]):
     """The submission as read back from disk: the expected header, one row per id in the expected order,
     no duplicates, every value a known class."""
-    where = table.path
+    where, written = table.path, ids_of(table)
     if table.header != header:
         raise DataError(f"{where}: header {table.header} differs from the expected {header}")
-    if len(set(table.ids)) != len(table.ids):
+    if len(set(written)) != len(written):
         raise DataError(f"{where}: duplicate ids")
-    if table.ids != ids:
-        raise DataError(f"{where}: {len(table.ids)} rows do not match the {len(ids)} expected ids in order")
-    unknown = sorted(set(table.values) - set(class_names))
+    if written != ids:
+        raise DataError(f"{where}: {len(written)} rows do not match the {len(ids)} expected ids in order")
+    unknown = sorted(set(values_of(table)) - set(class_names))
     if unknown:
         raise DataError(f"{where}: values that are not classes: {unknown}")
 
@@ -268,10 +221,10 @@ def write_submission(path: Path, header: list[str], ids: list[str], predictions:
             w = csv.writer(f)
             w.writerow(header)
             w.writerows(zip(ids, predictions))
-        written = read_sample(tmp)
+        written = read_id_csv(tmp)
         written.path = path
         check_submission(written, header, ids, class_names)
-        if written.values != list(predictions):
+        if values_of(written) != list(predictions):
             raise DataError(f"{path}: the predictions do not read back as written")
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -293,13 +246,13 @@ def write_probs(path: Path, id_column: str, ids: list[str], probs: np.ndarray, c
 
 def score(submission_csv: str | Path, solution_csv: str | Path) -> float:
     """Accuracy of a submission against a solution CSV (id, label), matching rows by id."""
-    sub, sol = read_sample(submission_csv), read_sample(solution_csv)
+    sub, sol = read_id_csv(submission_csv), read_id_csv(solution_csv)
     predicted = {}
-    for ident, value, line in zip(sub.ids, sub.values, sub.lines):
+    for ident, value, line in zip(ids_of(sub), values_of(sub), sub.lines):
         if ident.strip() in predicted:
             raise DataError(f"{sub.path} line {line}: duplicate id {ident!r}")
         predicted[ident.strip()] = value.strip()
-    wanted = [i.strip() for i in sol.ids]
+    wanted = [i.strip() for i in ids_of(sol)]
     missing = [i for i in wanted if i not in predicted]
     extra = sorted(set(predicted) - set(wanted), key=data.natural_key)
     if missing or extra:
@@ -308,7 +261,7 @@ def score(submission_csv: str | Path, solution_csv: str | Path) -> float:
                         f"solution{data.listing(extra, 5) if extra else ''}")
     if not wanted:
         raise DataError(f"{sol.path}: no rows")
-    return sum(predicted[i] == v.strip() for i, v in zip(wanted, sol.values)) / len(wanted)
+    return sum(predicted[i] == v.strip() for i, v in zip(wanted, values_of(sol))) / len(wanted)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -338,11 +291,11 @@ def validation_images(predictors: list[Predictor], data_dir: Path) -> tuple[list
 
 def solution_images(solution: Path, data_dir: Path, class_names: list[str]) -> tuple[list[Path], np.ndarray]:
     """The test images named by a solution CSV (sample format) and their labels."""
-    table = read_sample(solution)
-    if not table.ids:
+    table = read_id_csv(solution)
+    if not table.rows:
         raise DataError(f"{solution}: no rows")
-    files = match_ids(table, data.test_index(data_dir), complete=False)
-    return files, label_indices([v.strip() for v in table.values], class_names, str(solution), table.lines)
+    files = data.match_ids(ids_of(table), table.lines, data.index_test_images(data_dir), solution)
+    return files, label_indices([v.strip() for v in values_of(table)], class_names, str(solution), table.lines)
 
 
 def label_indices(names: list[str], class_names: list[str], where: str, lines=None) -> np.ndarray:
@@ -483,9 +436,9 @@ def run_eval(args, predictors: list[Predictor], images: ImageCache, device: torc
     probs = predict_probs(predictors, files, images, device, args.batch_size, args.tta)
     result = evaluate_labels(probs, labels, class_names)
     print(format_report(result, class_names, what + (", TTA" if args.tta else "")))
-    title = " + ".join(p.checkpoint["arch"] for p in predictors) + f": accuracy {result['accuracy']:.2%}"
+    title = " + ".join(p.spec.arch for p in predictors) + f": accuracy {result['accuracy']:.2%}"
     plot_confusion(result["confusion"], class_names, first.run_dir / "confusion_matrix.png", title)
-    pixels = images.pixels(files, first.checkpoint["img_size"], first.checkpoint["channels"])
+    pixels = images.pixels(files, first.spec.img_size, first.spec.channels)
     plot_wrong(pixels, probs, labels, class_names, first.run_dir / "wrong.png")
     print(f"saved {first.run_dir / 'confusion_matrix.png'} and {first.run_dir / 'wrong.png'}")
     if args.solution:
@@ -504,7 +457,7 @@ def record_test_acc(predictors: list[Predictor], accuracy: float, tta: bool):
 def run_predict(args, predictors: list[Predictor], images: ImageCache, device: torch.device) -> Path:
     """Write the submission (and --probs), and score it when --solution is given."""
     data_dir, class_names = Path(args.data), predictors[0].class_names
-    header, ids, files = test_rows(data_dir)
+    header, ids, files = submission_rows(data_dir)
     probs = predict_probs(predictors, files, images, device, args.batch_size, args.tta)
     out = Path(args.out or "submission.csv")
     write_submission(out, header, ids, [class_names[i] for i in probs.argmax(1)], class_names)
@@ -535,7 +488,7 @@ def main(argv=None):
         if args.eval:
             return run_eval(args, predictors, images, device)
         return run_predict(args, predictors, images, device)
-    except DataError as e:
+    except UsageError as e:
         sys.exit(f"error: {e}")
 
 

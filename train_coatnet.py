@@ -7,8 +7,8 @@
 """
 from trainer import main
 
-# CoAtNet needs a multiple of 32, so 32 px (its attention stages then see 2x2 and 1x1 maps). ~1.3 s a step
-# on 2 CPU cores (fp32; bf16 is slower here): 5 epochs fit in an hour.
+# CoAtNet needs a multiple of 32, so 32 px (its attention stages then see 2x2 and 1x1 maps). 5 epochs fit an
+# hour on 2 CPU cores (figures: README, Results).
 DEFAULTS = dict(epochs=5, batch_size=128, img_size=32, lr=2e-3, weight_decay=0.05, rotate=0.0, translate=2,
                 label_smoothing=0.1, warmup_epochs=1.0)
 

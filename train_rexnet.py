@@ -7,9 +7,8 @@
 """
 from trainer import main
 
-# 28 px: with the stride-1 stem it still ends at 2x2, for 23% less work than 32 px. On 2 CPU cores bf16 is
-# slower than fp32 for its depthwise convolutions; --precision auto picks fp32 + channels-last (196 images/s vs
-# 122 channels-first, BENCHMARKS.md); 10 epochs took 45 minutes (README, Results).
+# 28 px: with the stride-1 stem it still ends at 2x2, for less work than 32 px. 10 epochs fit an hour on 2 CPU
+# cores (figures: README, Results; which compute format is fastest for it: BENCHMARKS.md).
 DEFAULTS = dict(epochs=10, batch_size=128, img_size=28, lr=2e-3, weight_decay=0.05, rotate=0.0, translate=2,
                 label_smoothing=0.1)
 

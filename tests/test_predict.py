@@ -19,6 +19,7 @@ import torch
 
 import data
 import predict
+import checkpoint
 import trainer
 from conftest import ROOT, write_csv, write_dataset
 
@@ -110,8 +111,9 @@ def test_csv_layout_end_to_end(comp, cnn_run, tmp_path, capsys):
 def test_folder_layout_end_to_end(tmp_path):
     comp = write_dataset(tmp_path / "comp", layout="folder", channels=3, ext=".jpg", size=16)
     run = train("cnn", comp, tmp_path / "runs", "cnn", "--img-size", "16")
-    ckpt = trainer.load_checkpoint(run / "best.pt")
-    assert ckpt["channels"] == 3 and ckpt["class_names"] == ["bird", "cat", "dog"]
+    ckpt = checkpoint.load_checkpoint(run / "best.pt")
+    spec = checkpoint.read_spec(ckpt)
+    assert spec.channels == 3 and spec.class_names == ["bird", "cat", "dog"]
     out = tmp_path / "submission.csv"
     run_predict(run, "--data", comp, "--out", out)
     header, rows = read_rows(out)
@@ -259,7 +261,7 @@ def test_eval_on_validation_split_writes_artefacts(comp, cnn_run, capsys):
         (cnn_run / name).unlink(missing_ok=True)
     run_predict(cnn_run, "--data", comp, "--eval")
     out = capsys.readouterr().out
-    ckpt = trainer.load_checkpoint(cnn_run / "best.pt")
+    ckpt = checkpoint.load_checkpoint(cnn_run / "best.pt")
     # the same model on the same images as training's validation: the same accuracy
     assert f"accuracy {ckpt['best_val_acc']:.4f} on {len(ckpt['val_files'])} images" in out
     for name in ODD_CLASSES:
@@ -298,7 +300,7 @@ def test_a_tta_score_is_recorded_beside_the_plain_one_not_over_it(comp, cnn_run,
     info = json.loads((cnn_run / "run.json").read_text())
     assert (info["test_acc"], info["test_acc_tta"]) == (0.5, 0.25)
     # a model trained without flips gets no TTA: --tta gives its plain score, recorded as such
-    predictor[0].checkpoint["config"]["hflip"] = False
+    predictor[0].spec.hflip = False
     predict.record_test_acc(predictor, 0.75, tta=True)
     info = json.loads((cnn_run / "run.json").read_text())
     assert (info["test_acc"], info["test_acc_tta"]) == (0.75, 0.25)

@@ -1,0 +1,166 @@
+"""Training options: one dataclass (`TrainConfig`), turned into flags by one parser; each train_<arch>.py
+overrides its defaults. Saved beside each run as config.json, and read back from there to resume.
+
+    config = parse_config("cnn", DEFAULTS, ["--data", "data/fashion-mnist", "--epochs", "5"])
+    config = make_config("cnn", DEFAULTS, data="data/fashion-mnist")   # the same, from Python (bench, tests)
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from errors import DataError, OptionError
+from fileio import atomic_write_text
+from models import MODELS
+
+
+def _opt(default, help, **extra):
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass
+class TrainConfig:
+    data: str = _opt("", "dataset folder (train.csv + train/, or train/<class>/...)")
+    arch: str = _opt("", "architecture (set by each train_<arch>.py)", choices=list(MODELS))
+    epochs: int = _opt(10, "number of epochs (may be raised with --resume)")
+    batch_size: int = _opt(128, "global batch size (split across torchrun processes)")
+    img_size: int = _opt(28, "images are resized to this square size")
+    lr: float = _opt(1e-3, "peak learning rate")
+    optimizer: str = _opt("adamw", "optimiser", choices=["adamw", "sgd"])
+    momentum: float = _opt(0.9, "SGD momentum")
+    weight_decay: float = _opt(0.05, "weight decay (decoupled for AdamW)")
+    warmup_epochs: float = _opt(1.0, "linear warm-up in epochs (at most a quarter of the run), then cosine decay to zero")
+    label_smoothing: float = _opt(0.0, "label smoothing of the training loss")
+    grad_clip: float = _opt(0.0, "clip the gradient norm to this value (0: off)")
+    val_split: float = _opt(0.1, "stratified hold-out fraction; 0 trains on everything")
+    hflip: bool = _opt(True, "random horizontal flips")
+    rotate: float = _opt(10.0, "random rotation up to this many degrees either way (0: off)")
+    translate: int = _opt(0, "random shift up to this many pixels either way (0: off)")
+    erase: float = _opt(0.0, "random erasing: probability of replacing a random rectangle of an image with noise")
+    ema: float = _opt(0.0, "keep an exponential moving average of the weights with this decay per step (e.g. 0.999; "
+                           "0: off); it is what is evaluated and saved for prediction")
+    normalize: bool = _opt(True, "normalise with the training images' per-channel mean/std")
+    precision: str = _opt("auto", "fp32, bf16, fp16, or auto: measure which is fastest here",
+                          choices=["auto", "fp32", "bf16", "fp16"])
+    channels_last: str = _opt("auto", "memory format: on, off, or auto (measured with --precision)",
+                              choices=["auto", "on", "off"])
+    compile: bool = _opt(False, "compile the model with torch.compile (needs a C++ compiler on the CPU): the first step "
+                                "takes 15 s to minutes longer; whether later steps are faster depends on the model and "
+                                "machine: bench/compile_step.py measures it")
+    seed: int = _opt(0, "random seed (split, initialisation, shuffling, augmentation)")
+    name: str = _opt("", "run name (default: <arch>-<date>-<time>)")
+    runs_dir: str = _opt("runs", "folder that holds the run folders")
+    resume: str = _opt("", "continue the run in this folder from its last.pt")
+    init: str = _opt("", "start from the weights of this checkpoint (the head is replaced if classes differ)")
+    pretrained: bool = _opt(False, "start from timm/torchvision ImageNet weights (needs network)")
+    skip_bad: bool = _opt(False, "leave out unreadable images (listed in the run folder) instead of stopping")
+    id_col: str = _opt("", "id column of train.csv (default: detected)")
+    label_col: str = _opt("", "label column of train.csv (default: detected)")
+    cache_dir: str = _opt("", "where decoded images are cached (default: DATA/.cache)")
+    device: str = _opt("auto", "auto (CUDA when available), cpu, cuda, cuda:N")
+    stop_at_epoch: int = _opt(0, "stop (resumably) after this epoch, keeping the schedule of --epochs; "
+                                 "continue later with --resume (0: off)")
+    progress: bool = _opt(True, "show a progress bar per epoch")
+
+
+# Flags that may differ from the saved run when resuming; any other flag must match it.
+RESUMABLE_CHANGES = {"epochs", "stop_at_epoch", "progress", "resume", "device", "runs_dir", "cache_dir", "compile"}
+
+
+def build_parser(arch: str, defaults: dict) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=f"train_{arch}.py", description=f"Train the {arch} architecture on an image dataset.",
+        argument_default=argparse.SUPPRESS, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for f in dataclasses.fields(TrainConfig):
+        if f.name == "arch":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = defaults.get(f.name, f.default)
+        help_text = f.metadata["help"] + (f" (default: {default})" if default not in ("", None) else "")
+        if f.type in ("bool", bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
+        else:
+            kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
+            parser.add_argument(flag, type=kind, help=help_text, choices=f.metadata.get("choices"),
+                                metavar=None if "choices" in f.metadata else f.name.upper())
+    return parser
+
+
+def built_in_defaults() -> dict:
+    """Every option at its built-in default (before a script's own defaults)."""
+    return dataclasses.asdict(TrainConfig())
+
+
+def _check_defaults(arch: str, defaults: dict):
+    unknown = set(defaults) - {f.name for f in dataclasses.fields(TrainConfig)}
+    if unknown:
+        raise ValueError(f"train_{arch}.py sets unknown defaults {sorted(unknown)}")
+
+
+def make_config(arch: str, defaults: dict, **values) -> TrainConfig:
+    """The options of train_<arch>.py with its `defaults`, overridden by `values`, checked as flags are."""
+    _check_defaults(arch, defaults)
+    config = TrainConfig(**{**built_in_defaults(), **defaults, **values, "arch": arch})
+    check_config(config)
+    return config
+
+
+def parse_config(arch: str, defaults: dict, argv=None) -> TrainConfig:
+    """Script defaults, overridden by the saved run when resuming, overridden by the flags given."""
+    _check_defaults(arch, defaults)
+    given = vars(build_parser(arch, defaults).parse_args(argv))
+    values = {**built_in_defaults(), **defaults, "arch": arch}
+    if given.get("resume"):
+        saved = read_saved_config(Path(given["resume"]))
+        if saved.get("arch") != arch:
+            raise OptionError(f"--resume {given['resume']}: that run trained {saved.get('arch')!r}, "
+                            f"not {arch!r}; use train_{saved.get('arch')}.py")
+        changed = [k for k, v in given.items() if k not in RESUMABLE_CHANGES and saved.get(k) != v]
+        if changed:
+            raise OptionError(f"--resume: {', '.join('--' + k.replace('_', '-') for k in changed)} cannot change "
+                            f"when resuming (only {', '.join('--' + k.replace('_', '-') for k in sorted(RESUMABLE_CHANGES))} can)")
+        # An option the saved run does not know did not exist then: it keeps its built-in (off) default.
+        values.update({k: saved.get(k, default) for k, default in built_in_defaults().items() if k != "arch"})
+    values.update(given)
+    config = TrainConfig(**values)
+    check_config(config)
+    return config
+
+
+def check_config(config: TrainConfig):
+    """A clear error naming the flag for an option no run can use."""
+    if not config.data:
+        raise OptionError("--data DIR is required (a folder with train.csv + train/, or train/<class>/...)")
+    for name in ("epochs", "batch_size", "img_size"):
+        if getattr(config, name) < 1:
+            raise OptionError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
+    for name in ("erase", "ema"):
+        if not 0 <= getattr(config, name) < 1:
+            raise OptionError(f"--{name} must be in [0, 1), got {getattr(config, name)}")
+    if config.translate < 0 or config.rotate < 0:
+        raise OptionError(f"--translate and --rotate cannot be negative (got {config.translate}, {config.rotate})")
+    if config.lr <= 0:
+        raise OptionError(f"--lr must be positive, got {config.lr}")
+
+
+def read_saved_config(run_dir: Path) -> dict:
+    """The config.json of the run in `run_dir`, which must hold a resumable run."""
+    path = run_dir / "config.json"
+    if not (run_dir / "last.pt").is_file() or not path.is_file():
+        raise DataError(f"--resume {run_dir}: no run there (expected {run_dir}/last.pt and config.json)")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise DataError(f"--resume {run_dir}: {path} cannot be read ({e})") from None
+
+
+def save_config(config: TrainConfig, run_dir: Path):
+    atomic_write_text(run_dir / "config.json", json.dumps(dataclasses.asdict(config), indent=2))
+
+
+# Flags that say where or how a run is carried out, not what it trains: left out of its command.
+NOT_IN_COMMAND = {"arch", "data", "name", "runs_dir", "resume", "progress", "stop_at_epoch", "device", "cache_dir",
+                  "compile"}

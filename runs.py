@@ -1,0 +1,237 @@
+"""Run bookkeeping and every figure drawn from it: metrics.csv, curves.png, run.json, the runs table
+(runs/runs.md, and between the README's markers), and the command that trains a run again. Bookkeeping
+never stops a training run: what cannot be read is flagged, what cannot be written is warned about.
+
+    python runs.py table --runs-dir runs [--commands] [--into README.md]    # the runs table as Markdown
+    python runs.py plot runs/NAME                                            # redraw a run's curves.png
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import os
+import shlex
+import socket
+import sys
+import time
+from pathlib import Path
+
+from config import NOT_IN_COMMAND, built_in_defaults
+from data import natural_key
+from errors import DataError
+from fileio import atomic_write, atomic_write_text
+
+log = logging.getLogger("imgcomp")
+
+METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_s"]
+
+
+def write_metrics(path: Path, history: list[dict]):
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, METRIC_COLUMNS)
+            w.writeheader()
+            w.writerows(history)
+    atomic_write(path, write)
+
+
+def read_metrics(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return [{k: (float(v) if v not in ("", None) else math.nan) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def plot_curves(run_dir: Path) -> Path:
+    """Draw a run's curves.png, loss and accuracy (train and validation), from its metrics.csv (and its
+    config.json for the title and what the training loss includes)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    run_dir = Path(run_dir)
+    rows = read_metrics(run_dir / "metrics.csv")
+    config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else {}
+    smoothing = config.get("label_smoothing", 0.0)
+    epochs = [r["epoch"] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, what in zip(axes, ("loss", "acc")):
+        # The training loss is the objective: with label smoothing it cannot fall to the validation loss.
+        label = f"train (with label smoothing {smoothing:g})" if what == "loss" and smoothing else "train"
+        ax.plot(epochs, [r[f"train_{what}"] for r in rows], "o-", label=label, markersize=3)
+        if any(not math.isnan(r[f"val_{what}"]) for r in rows):
+            ax.plot(epochs, [r[f"val_{what}"] for r in rows], "o-", label="validation", markersize=3)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.set_ylabel({"loss": "loss", "acc": "accuracy"}[what])
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"{run_dir.name} ({config['arch']})" if config.get("arch") else run_dir.name)
+    fig.tight_layout()
+    atomic_write(run_dir / "curves.png", lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
+    return run_dir / "curves.png"
+
+
+TABLE_COLUMNS = [("run", "run"), ("arch", "architecture"), ("epochs", "epochs"), ("batch_size", "batch size"),
+                 ("img_size", "image size"), ("best_val_acc", "best val acc"), ("test_acc", "test acc"),
+                 ("test_acc_tta", "test acc TTA"), ("train_time", "training time"), ("images_per_s", "images/s"),
+                 ("mode", "precision"), ("status", "status")]
+
+
+def _pid_alive(info: dict) -> bool:
+    if info.get("host") != socket.gethostname():
+        return True  # cannot tell from here
+    try:
+        os.kill(int(info.get("pid", 0)), 0)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def run_command(config: dict, script_defaults: dict) -> str:
+    """The command that trains the run of `config` (a config.json) in one go: its script, data and name,
+    and each option that differs from that script's defaults (as recorded in its run.json; without them,
+    every option that differs from the built-in defaults)."""
+    script = f"train_{config['arch']}.py"
+    defaults = script_defaults
+    built_in = built_in_defaults()
+    parts = ["python", script, "--data", config["data"], "--name", config["name"]]
+    if config.get("runs_dir", "runs") != "runs":
+        parts += ["--runs-dir", config["runs_dir"]]
+    # An option missing from an older run's config.json did not exist then: the run had its built-in default.
+    for key, value in {**built_in, **config}.items():
+        if key in NOT_IN_COMMAND or key not in built_in or value == defaults.get(key, built_in[key]):
+            continue
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            parts.append(flag if value else "--no-" + flag[2:])
+        else:
+            parts += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+    return " ".join(shlex.quote(str(p)) for p in parts)
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table (cells' '|' escaped); the runs table and the benchmarks' tables."""
+    def cell(text):
+        return str(text).replace("|", "\\|")
+    lines = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def read_run_info(run_dir: Path) -> dict | None:
+    """A run folder's run.json, or None when it is missing, unreadable or not one of ours."""
+    try:
+        info = json.loads((Path(run_dir) / "run.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) and isinstance(info.get("status"), str) and "arch" in info else None
+
+
+def runs_table(runs_dir: str | Path, commands: bool = False) -> str:
+    """The runs of `runs_dir` (one run.json each) as a Markdown table; a run.json that is not one of ours (or
+    is damaged) gets a row that says so. With `commands`, each run's command (from its config.json) follows
+    the table, so a row can be reproduced."""
+    rows, cmds = [], []
+    for info_path in sorted(Path(runs_dir).glob("*/run.json"), key=lambda p: natural_key(p.parent.name)):
+        info = read_run_info(info_path.parent)
+        if info is None:
+            rows.append([info_path.parent.name] + [""] * (len(TABLE_COLUMNS) - 2) + ["unreadable run.json"])
+            continue
+        status = info["status"]
+        if status == "running" and not _pid_alive(info):
+            status = "stopped (resumable)"
+        cells = {
+            "run": info.get("name", info_path.parent.name), "arch": info["arch"],
+            "epochs": f"{info.get('epochs_done', 0)}/{info.get('epochs', '?')}",
+            "batch_size": info.get("batch_size", ""), "img_size": info.get("img_size", ""),
+            "best_val_acc": pct(info.get("best_val_acc")), "test_acc": pct(info.get("test_acc")),
+            "test_acc_tta": pct(info.get("test_acc_tta")),
+            "train_time": duration(info.get("train_time") or 0),
+            "images_per_s": f"{info['images_per_s']:.0f}" if info.get("images_per_s") else "",
+            "mode": info.get("mode", ""), "status": status,
+        }
+        rows.append([str(cells[key]) for key, _ in TABLE_COLUMNS])
+        if commands:
+            try:
+                config = json.loads((info_path.parent / "config.json").read_text())
+                cmds.append(f"{cells['run']}: {run_command(config, info.get('script_defaults', {}))}")
+            except (OSError, ValueError, KeyError):
+                cmds.append(f"{cells['run']}: (no readable config.json)")
+    lines = [markdown_table([title for _, title in TABLE_COLUMNS], rows)]
+    if cmds:
+        lines += ["", "```", *cmds, "```"]
+    return "\n".join(lines) + "\n"
+
+
+TABLE_START, TABLE_END = "<!-- runs table: start -->", "<!-- runs table: end -->"
+
+
+def write_table_into(path: Path, table: str):
+    """Replace what stands between the runs-table markers of `path` (e.g. the README) with `table`."""
+    text = path.read_text()
+    start, end = text.find(TABLE_START), text.find(TABLE_END)
+    if start < 0 or end < start:
+        raise DataError(f"{path} has no '{TABLE_START}' ... '{TABLE_END}' markers to put the table between")
+    atomic_write_text(path, text[:start + len(TABLE_START)] + "\n" + table + text[end:])
+
+
+def pct(value) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}%"
+
+
+def duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def update_run_info(run_dir: Path, **fields):
+    """Merge `fields` into the run's run.json and refresh the runs table beside the run folders. Never raises:
+    a damaged or foreign run.json is replaced, and a failure to write is a warning, not the end of a run."""
+    run_dir = Path(run_dir)
+    try:
+        info = read_run_info(run_dir) or {}
+        info.update(fields, pid=os.getpid(), host=socket.gethostname(), updated=time.strftime("%Y-%m-%d %H:%M:%S"))
+        atomic_write_text(run_dir / "run.json", json.dumps(info, indent=2))
+    except (OSError, TypeError, ValueError) as e:
+        log.warning("could not update %s: %s", run_dir / "run.json", e)
+    try:
+        atomic_write_text(run_dir.parent / "runs.md", runs_table(run_dir.parent))
+    except (OSError, TypeError, ValueError) as e:
+        log.warning("could not update the runs table %s: %s", run_dir.parent / "runs.md", e)
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Tools for run folders.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    table = sub.add_parser("table", help="print the runs table as Markdown")
+    table.add_argument("--runs-dir", default="runs")
+    table.add_argument("--commands", action="store_true", help="add the command that trains each run")
+    table.add_argument("--into", type=Path, help="also write the table between the runs-table markers of this "
+                       f"file ({TABLE_START} ... {TABLE_END})")
+    plot = sub.add_parser("plot", help="redraw a run's curves.png from its metrics.csv")
+    plot.add_argument("run_dir", type=Path)
+    args = parser.parse_args(argv)
+    if args.command == "table":
+        table = runs_table(args.runs_dir, commands=args.commands)
+        print(table, end="")
+        if args.into:
+            try:
+                write_table_into(args.into, table)
+            except DataError as e:
+                sys.exit(f"error: {e}")
+    else:
+        if not (args.run_dir / "metrics.csv").is_file():
+            sys.exit(f"error: {args.run_dir} has no metrics.csv (is it a run folder?)")
+        print(plot_curves(args.run_dir))
+
+
+if __name__ == "__main__":
+    main()
