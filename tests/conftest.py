@@ -78,3 +78,20 @@ def csv_dataset(tmp_path) -> Path:
 @pytest.fixture
 def folder_dataset(tmp_path) -> Path:
     return write_dataset(tmp_path / "comp", layout="folder", channels=3, ext=".jpg")
+
+
+def to_version_1(ckpt: dict) -> dict:
+    """A checkpoint of the current format written as version 1 of the format did (spec fields at the top
+    level, "mode", the resumable state beside the weights), to check that old checkpoints still load."""
+    spec = ckpt["spec"]
+    old = {"format": ckpt["format"], "version": 1, "arch": spec["arch"],
+           "model_args": {"num_classes": len(spec["class_names"]), "in_chans": spec["channels"],
+                          "img_size": spec["img_size"]},
+           "class_names": spec["class_names"], "img_size": spec["img_size"], "channels": spec["channels"],
+           "normalize": spec["mean"] is not None,
+           "mean": spec["mean"] if spec["mean"] is not None else [0.0] * spec["channels"],
+           "std": spec["std"] if spec["std"] is not None else [1.0] * spec["channels"],
+           "mode": dict(spec["compute"]), "config": ckpt["config"], "model": ckpt["model"],
+           **{k: ckpt[k] for k in ("epoch", "history", "best_val_acc", "best_epoch", "train_time", "val_files")}}
+    old.update(ckpt.get("training", {}))
+    return old

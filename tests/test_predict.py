@@ -21,7 +21,7 @@ import data
 import predict
 import checkpoint
 import trainer
-from conftest import ROOT, write_csv, write_dataset
+from conftest import ROOT, to_version_1, write_csv, write_dataset
 
 # Names that need CSV quoting (comma, double quote) and a slash, sorted so that the class index differs
 # from the order they are listed in.
@@ -367,3 +367,19 @@ def test_demo_competition_scores_against_its_solution(tmp_path, capsys):
     accuracy = predict.score(out, demo / "solution.csv")
     assert f"accuracy against {demo / 'solution.csv'}: {accuracy:.4f}" in capsys.readouterr().out
     assert accuracy > 0.3  # ten classes: chance is 0.1
+
+
+def test_a_version_1_checkpoint_still_predicts_the_same(comp, cnn_run, tmp_path):
+    current = checkpoint.load_checkpoint(cnn_run / "best.pt")
+    old = tmp_path / "old.pt"
+    checkpoint.save_checkpoint(old, to_version_1(current))
+    migrated = checkpoint.load_checkpoint(old)
+    assert checkpoint.read_spec(migrated) == checkpoint.read_spec(current)
+    assert migrated["version"] == checkpoint.CHECKPOINT_VERSION and "training" not in migrated
+    for name, ckpt in (("new", cnn_run / "best.pt"), ("old", old)):
+        run_predict(ckpt, "--data", comp, "--out", tmp_path / f"{name}.csv", "--probs", tmp_path / f"{name}-probs.csv")
+    assert (tmp_path / "new.csv").read_text() == (tmp_path / "old.csv").read_text()
+    assert (tmp_path / "new-probs.csv").read_text() == (tmp_path / "old-probs.csv").read_text()
+    # a checkpoint of a later version is refused with a clear error
+    checkpoint.save_checkpoint(tmp_path / "future.pt", {**current, "version": checkpoint.CHECKPOINT_VERSION + 1})
+    assert "newer version" in predict_error(tmp_path / "future.pt", "--data", comp)

@@ -24,7 +24,7 @@ import data
 import runs
 import runtime
 import trainer
-from conftest import ROOT, write_dataset
+from conftest import ROOT, to_version_1, write_dataset
 from models import build_model
 
 FAST = ["--precision", "fp32", "--channels-last", "off", "--no-progress", "--batch-size", "16"]
@@ -57,6 +57,8 @@ def rgb_dataset(tmp_path_factory) -> Path:
 
 
 def test_cnn_trains_and_writes_every_output(dataset, tmp_path):
+    (tmp_path / "notes").mkdir()  # a run.json in the runs folder that is not one of ours
+    (tmp_path / "notes" / "run.json").write_text('{"note": "not a run"}')
     run = train("cnn", "--data", dataset, "--runs-dir", tmp_path, "--name", "cnn-a", "--epochs", 3,
                 "--img-size", 16, "--lr", 3e-3, *FAST)
     assert run == tmp_path / "cnn-a"
@@ -87,6 +89,7 @@ def test_cnn_trains_and_writes_every_output(dataset, tmp_path):
     assert info["best_val_acc"] == pytest.approx(max(float(r["val_acc"]) for r in rows), abs=1e-6)
     table = (tmp_path / "runs.md").read_text()
     assert "| cnn-a | cnn | 3/3 | 16 | 16 |" in table and "finished" in table
+    assert "| notes |" in table and "unreadable run.json" in table  # flagged, and it stopped nothing
     printed = subprocess.run([sys.executable, "runs.py", "table", "--runs-dir", str(tmp_path)], cwd=ROOT,
                              capture_output=True, text=True, check=True).stdout
     assert printed == table
@@ -154,10 +157,14 @@ def test_resume_gives_the_same_metrics_as_one_go(dataset, tmp_path):
     one_go = train("cnn", *common, "--name", "one-go")
     parts = train("cnn", *common, "--name", "parts", "--stop-at-epoch", 1)
     assert len(metrics(parts)) == 1 and json.loads((parts / "run.json").read_text())["status"] == "paused"
+    # The paused run's last.pt rewritten in version 1 of the checkpoint format: an older run still resumes.
+    checkpoint.save_checkpoint(parts / "last.pt", to_version_1(checkpoint.load_checkpoint(parts / "last.pt")))
+    assert torch.load(parts / "last.pt", weights_only=True)["version"] == 1
     train("cnn", "--resume", parts, "--no-progress")
     assert comparable(metrics(parts)) == comparable(metrics(one_go))
     a, b = (checkpoint.load_checkpoint(r / "last.pt")["model"] for r in (one_go, parts))
     assert all(torch.equal(a[k], b[k]) for k in a)
+    assert checkpoint.load_checkpoint(parts / "last.pt")["version"] == checkpoint.CHECKPOINT_VERSION
 
 
 def test_ema_is_evaluated_saved_and_resumed_exactly(dataset, tmp_path):
@@ -415,3 +422,25 @@ def test_torchrun_two_processes(dataset, tmp_path):
     assert json.loads((run / "run.json").read_text())["status"] == "finished"
     # Both processes saw every validation image once between them: accuracy is a multiple of 1/6.
     assert float(rows[-1]["val_acc"]) * 6 == pytest.approx(round(float(rows[-1]["val_acc"]) * 6), abs=1e-4)
+
+
+def test_bookkeeping_never_breaks_on_a_foreign_or_damaged_run_json(tmp_path):
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "run.json").write_text('{"note": "somebody else\'s file"}')
+    (tmp_path / "truncated").mkdir()
+    (tmp_path / "truncated" / "run.json").write_text('{"name": "truncated", "arch": "cnn", "sta')
+    (tmp_path / "listed").mkdir()
+    (tmp_path / "listed" / "run.json").write_text('["a", "list"]')
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "run.json").write_text('{"name": "mine", "st')  # our own, damaged (e.g. a full disk earlier)
+    runs.update_run_info(mine, name="mine", arch="cnn", epochs=2, epochs_done=1, batch_size=8, img_size=16,
+                         status="paused")
+    assert json.loads((mine / "run.json").read_text())["status"] == "paused"
+    assert runs.read_run_info(tmp_path / "foreign") is None and runs.read_run_info(tmp_path / "truncated") is None
+    table = (tmp_path / "runs.md").read_text()
+    assert "| mine | cnn | 1/2 | 8 | 16 |" in table and "paused" in table
+    for name in ("foreign", "truncated", "listed"):
+        assert f"| {name} |" in table
+    assert table.count("unreadable run.json") == 3
+    assert runs.runs_table(tmp_path, commands=True).count("(no readable config.json)") == 1  # mine has none
