@@ -7,6 +7,7 @@ A checkpoint is a dict:
     model                    the weights that predict (the moving average with --ema)
     config                   the run's TrainConfig as a dict
     epoch, history, best_val_acc, best_epoch, train_time, val_files (relative to the data folder)
+    dataset_key              a fingerprint of the training files and labels (resuming on changed data is noticed)
     training (last.pt only)  what resuming needs: optimizer, scaler, step, partial, rng, cuda_rng, train_model
 """
 from __future__ import annotations
@@ -61,11 +62,13 @@ class ModelSpec:
 
 def make_checkpoint(spec: ModelSpec, weights: dict, config: dict, epoch: int, history: list[dict],
                     best_val_acc: float, best_epoch: int, train_time: float, val_files: list[str],
-                    training: dict | None = None) -> dict:
+                    dataset_key: str | None = None, training: dict | None = None) -> dict:
     """A checkpoint in the current format; `training` (the resumable state) only in last.pt."""
     ckpt = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "spec": spec.to_dict(), "model": weights,
             "config": config, "epoch": epoch, "history": history, "best_val_acc": best_val_acc,
             "best_epoch": best_epoch, "train_time": train_time, "val_files": val_files}
+    if dataset_key is not None:
+        ckpt["dataset_key"] = dataset_key
     if training is not None:
         ckpt["training"] = training
     return ckpt
@@ -106,14 +109,19 @@ def _from_version_1(old: dict) -> dict:
     training = {k: old[k] for k in training_keys if k in old} if "optimizer" in old else None
     return make_checkpoint(spec, old["model"], config, old.get("epoch", 0), old.get("history", []),
                            old.get("best_val_acc", -1.0), old.get("best_epoch", 0), old.get("train_time", 0.0),
-                           old.get("val_files", []), training)
+                           old.get("val_files", []), None, training)
 
 
 def read_spec(checkpoint: dict) -> ModelSpec:
     return ModelSpec.from_dict(checkpoint["spec"])
 
 
-def model_from_checkpoint(checkpoint: dict) -> nn.Module:
+def model_from_checkpoint(checkpoint: dict, path: str | Path = "checkpoint") -> nn.Module:
+    """The checkpoint's model with its weights; weights holding NaN or infinity (a diverged run) are refused."""
+    broken = [k for k, v in checkpoint["model"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken:
+        raise DataError(f"{path} holds NaN or infinite weights ({', '.join(broken[:3])}{', ...' if len(broken) > 3 else ''}): "
+                        "its run diverged; use a checkpoint from before, or train again with a lower --lr")
     model = read_spec(checkpoint).build()
     model.load_state_dict(checkpoint["model"])
     return model

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,10 +65,17 @@ class TrainConfig:
     stop_at_epoch: int = _opt(0, "stop (resumably) after this epoch, keeping the schedule of --epochs; "
                                  "continue later with --resume (0: off)")
     progress: bool = _opt(True, "show a progress bar per epoch")
+    allow_data_change: bool = _opt(False, "with --resume: continue although the dataset's files changed since the run "
+                                          "began (its training and validation images then change)")
 
+
+# Smaller images hold too little to classify and leave nothing after most architectures' downsampling (a
+# model may need more: the trainer tries it on a batch of that size before training).
+MIN_IMG_SIZE = 8
 
 # Flags that may differ from the saved run when resuming; any other flag must match it.
-RESUMABLE_CHANGES = {"epochs", "stop_at_epoch", "progress", "resume", "device", "runs_dir", "cache_dir", "compile"}
+RESUMABLE_CHANGES = {"epochs", "stop_at_epoch", "progress", "resume", "device", "runs_dir", "cache_dir", "compile",
+                     "allow_data_change"}
 
 
 def build_parser(arch: str, defaults: dict) -> argparse.ArgumentParser:
@@ -130,20 +138,35 @@ def parse_config(arch: str, defaults: dict, argv=None) -> TrainConfig:
     return config
 
 
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
 def check_config(config: TrainConfig):
     """A clear error naming the flag for an option no run can use."""
     if not config.data:
         raise OptionError("--data DIR is required (a folder with train.csv + train/, or train/<class>/...)")
-    for name in ("epochs", "batch_size", "img_size"):
+    for f in dataclasses.fields(TrainConfig):
+        value = getattr(config, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise OptionError(f"{_flag(f.name)} must be a finite number, got {value}")
+    for name in ("epochs", "batch_size"):
         if getattr(config, name) < 1:
-            raise OptionError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
-    for name in ("erase", "ema"):
+            raise OptionError(f"{_flag(name)} must be at least 1, got {getattr(config, name)}")
+    if config.img_size < MIN_IMG_SIZE:
+        raise OptionError(f"--img-size must be at least {MIN_IMG_SIZE}, got {config.img_size}")
+    for name in ("erase", "ema", "label_smoothing", "momentum", "val_split"):
         if not 0 <= getattr(config, name) < 1:
-            raise OptionError(f"--{name} must be in [0, 1), got {getattr(config, name)}")
-    if config.translate < 0 or config.rotate < 0:
-        raise OptionError(f"--translate and --rotate cannot be negative (got {config.translate}, {config.rotate})")
+            raise OptionError(f"{_flag(name)} must be in [0, 1), got {getattr(config, name)}")
+    for name in ("translate", "rotate", "weight_decay", "grad_clip", "warmup_epochs", "stop_at_epoch", "seed"):
+        if getattr(config, name) < 0:
+            raise OptionError(f"{_flag(name)} cannot be negative, got {getattr(config, name)}")
     if config.lr <= 0:
         raise OptionError(f"--lr must be positive, got {config.lr}")
+    if config.name and (config.name in (".", "..") or any(c in config.name for c in "/\\\0")
+                        or config.name != config.name.strip()):
+        raise OptionError(f"--name {config.name!r}: a run name is one folder name inside --runs-dir "
+                          "(no '/', '\\', '.' or '..', no spaces around it)")
 
 
 def read_saved_config(run_dir: Path) -> dict:
@@ -163,4 +186,4 @@ def save_config(config: TrainConfig, run_dir: Path):
 
 # Flags that say where or how a run is carried out, not what it trains: left out of its command.
 NOT_IN_COMMAND = {"arch", "data", "name", "runs_dir", "resume", "progress", "stop_at_epoch", "device", "cache_dir",
-                  "compile"}
+                  "compile", "allow_data_change"}

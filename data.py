@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import errno
 import gzip
 import hashlib
 import json
@@ -246,7 +247,8 @@ def match_ids(ids: list[str], lines: list[int], index: FileIndex, source: Path, 
             duplicates.append(f"line {line}: {ident!r} (first on line {seen[ident]})")
             continue
         seen[ident] = line
-        path = index.find(ident)
+        # An id is matched as written first: file names may begin or end with spaces.
+        path = (index.find(raw) if raw != ident and not raw.isspace() else None) or index.find(ident)
         if path is None:
             missing.append(f"line {line}: {ident!r}")
         elif path in seen_paths:  # e.g. "a" and "a.png": one image named twice
@@ -314,6 +316,8 @@ def find_test_images(root: str | Path) -> list[Path]:
 def decode_image(path: Path, img_size: int, channels: int | None) -> np.ndarray:
     """One image file as a uint8 array of shape (C, S, S), RGB or gray. The only BGR->RGB conversion
     of the toolkit. `channels` None keeps the file's own (1 for gray, 3 for colour)."""
+    if os.path.islink(path) and not os.path.exists(path):
+        raise ValueError(f"broken symbolic link (to {os.readlink(path)})")
     data = np.fromfile(str(path), dtype=np.uint8)
     if data.size == 0:
         raise ValueError("empty file")
@@ -363,20 +367,60 @@ class ImageArray:
             raise DataError(f"{len(items)} image file(s) cannot be read:{listing(items)}\n{hint}")
 
 
-def default_cache_dir(root: Path) -> Path:
-    return Path(os.environ.get("IMGCOMP_CACHE") or (Path(root) / ".cache"))
+def user_cache_dir() -> Path:
+    """The user's cache folder for decoded images: $XDG_CACHE_HOME/imgcomp, else ~/.cache/imgcomp."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "imgcomp"
+
+
+def _writable(folder: Path) -> bool:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            return True
+    except OSError:
+        return False
+
+
+def cache_dir_for(root: str | Path, given: str | Path | None = None) -> Path:
+    """Where the decoded images of the dataset folder `root` are cached: `given` (--cache-dir), else
+    $IMGCOMP_CACHE, else ROOT/.cache; when that cannot be written (a read-only dataset, as competition
+    notebooks mount their inputs), the user's cache folder (`user_cache_dir`), with a log line."""
+    if given:
+        if not _writable(Path(given)):
+            raise DataError(f"--cache-dir {given}: cannot write there")
+        return Path(given)
+    if os.environ.get("IMGCOMP_CACHE"):
+        if not _writable(Path(os.environ["IMGCOMP_CACHE"])):
+            raise DataError(f"$IMGCOMP_CACHE={os.environ['IMGCOMP_CACHE']}: cannot write there")
+        return Path(os.environ["IMGCOMP_CACHE"])
+    beside = Path(root) / ".cache"
+    if _writable(beside):
+        return beside
+    fallback = user_cache_dir()
+    if not _writable(fallback):
+        raise DataError(f"cannot write a cache of decoded images in {beside} nor in {fallback}: "
+                        "name a writable folder with --cache-dir or $IMGCOMP_CACHE")
+    log.info("%s is not writable: caching decoded images in %s", root, fallback)
+    return fallback
 
 
 def _cache_key(files: list[Path], img_size: int, channels: int | None) -> tuple[str, str]:
+    """(key of the file list, key of the files' states). A file's state is its size, modification time,
+    inode and status-change time: a file rewritten in place with its old size and modification time put
+    back (as cp -p, tar and unzip do) still gets a new status-change time, so it is decoded again."""
     names, full = hashlib.sha256(), hashlib.sha256()
     head = f"v{CACHE_VERSION}|{img_size}|{channels}|"
     names.update(head.encode())
     full.update(head.encode())
     for path in files:
-        st = os.stat(path)
         text = os.path.abspath(path)
+        try:
+            st = os.stat(path)
+            state = f"{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\0{st.st_ctime_ns}"
+        except OSError as e:  # e.g. a broken symbolic link: decoding reports it as a bad image
+            state = f"unreadable {e.errno}"
         names.update(text.encode() + b"\0")
-        full.update(f"{text}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+        full.update(f"{text}\0{state}\0".encode())
     return names.hexdigest()[:12], full.hexdigest()[:12]
 
 
@@ -384,12 +428,13 @@ def load_images(files: list[Path], img_size: int, channels: int | None = None, c
                 workers: int | None = None, progress: bool = True, desc: str = "decoding") -> ImageArray:
     """Decode `files` once into a (N, C, S, S) uint8 array cached on disk, and memory-map it.
 
-    The cache is keyed by the file paths, sizes, modification times, the image size and the channel
-    request, so a changed file decodes again. `channels` None: 1 if every image is gray, else 3."""
+    The cache is keyed by the file paths and states (`_cache_key`), the image size and the channel request,
+    so a changed file decodes again. `channels` None: 1 if every image is gray, else 3. `cache_dir` None:
+    `cache_dir_for` the folder that holds all the files."""
     if not files:
         raise DataError("no image files to load")
     if cache_dir is None:
-        cache_dir = default_cache_dir(files[0].parent)
+        cache_dir = cache_dir_for(os.path.commonpath([os.path.abspath(f.parent) for f in files]))
     cache_dir = Path(cache_dir)
     names_key, full_key = _cache_key(files, img_size, channels)
     stem = cache_dir / f"images-{img_size}px-{names_key}-{full_key}"
@@ -416,6 +461,24 @@ def load_images(files: list[Path], img_size: int, channels: int | None = None, c
     return ImageArray(np.load(npy_path, mmap_mode="r"), files, {int(k): v for k, v in bad.items()})
 
 
+def reserve_space(path: str | Path, size: int, what: str):
+    """Allocate `size` bytes of `path` on its disk now, so that a full disk is a clear error here rather
+    than a crash (SIGBUS) when a memory-mapped page is first written."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
+            raise DataError(f"no space left on the device of {os.path.dirname(os.path.abspath(path))} for {what} "
+                            f"(needs {size / 2**20:,.0f} MB, {free / 2**20:,.0f} MB free): free some space, or put "
+                            "the cache elsewhere with --cache-dir or $IMGCOMP_CACHE") from None
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # file systems without fallocate: written as used
+            raise
+    finally:
+        os.close(fd)
+
+
 def _decode_all(files, img_size, channels, cache_dir, workers, progress, desc):
     n = len(files)
     workers = workers or min(8, os.cpu_count() or 1)
@@ -423,7 +486,13 @@ def _decode_all(files, img_size, channels, cache_dir, workers, progress, desc):
     def new_array(c):
         fd, name = tempfile.mkstemp(dir=cache_dir, suffix=".npy.tmp")
         os.close(fd)
-        return np.lib.format.open_memmap(name, mode="w+", dtype=np.uint8, shape=(n, c, img_size, img_size))
+        try:
+            array = np.lib.format.open_memmap(name, mode="w+", dtype=np.uint8, shape=(n, c, img_size, img_size))
+            reserve_space(name, os.path.getsize(name), f"the cache of {n} decoded images")
+            return array
+        except BaseException:
+            os.unlink(name)
+            raise
 
     def decode(chunk):
         out = []

@@ -3,13 +3,22 @@ toolkit writes (checkpoints, metrics, run.json, submissions, figures, the image 
 `atomic_write`."""
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 from pathlib import Path
+
+from errors import UsageError
+
+
+class WriteError(UsageError, OSError):
+    """A file could not be written (a full disk, a read-only folder); the previous version is untouched."""
 
 
 def atomic_write(path: str | Path, write):
     """Call write(tmp_path), flush it to disk, then move it over `path` in one step: `path` holds either its
-    previous content or the whole new one. The temporary file is removed if anything fails."""
+    previous content or the whole new one. The temporary file is removed if anything fails, and a failure is
+    a WriteError that says so."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -17,8 +26,26 @@ def atomic_write(path: str | Path, write):
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
+        raise WriteError(_why_not_written(path, e)) from e
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _why_not_written(path: Path, error: BaseException) -> str:
+    kept = f"the previous {path.name} is intact" if path.exists() else "nothing was written"
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    full = getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or (free is not None and free < 2**20) \
+        or "unexpected pos" in str(error) or "No space left" in str(error)
+    if full:
+        return (f"could not write {path}: no space left on the device of {path.parent}"
+                f"{f' ({free / 2**20:,.1f} MB free)' if free is not None else ''}; {kept}. Free some space and "
+                "run the command again (a training run resumes with --resume)")
+    first = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return f"could not write {path} ({first}); {kept}"
 
 
 def atomic_write_text(path: str | Path, text: str):

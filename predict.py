@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 import data
-from checkpoint import ModelSpec, load_checkpoint, read_spec
+from checkpoint import ModelSpec, load_checkpoint, model_from_checkpoint, read_spec
 from errors import DataError, UsageError
 from fileio import atomic_write
 from runs import update_run_info
@@ -85,9 +85,7 @@ def load_models(paths: list[str], device: torch.device) -> list[Predictor]:
         path = checkpoint_path(given)
         ckpt = load_checkpoint(path)
         spec = read_spec(ckpt)
-        model = spec.build()
-        model.load_state_dict(ckpt["model"])
-        model.to(device, memory_format=spec.compute.memory_format).eval()
+        model = model_from_checkpoint(ckpt, path).to(device, memory_format=spec.compute.memory_format).eval()
         predictors.append(Predictor(path, ckpt, spec, model))
         log.info("%s: %s, %d classes, %dpx x %d channel(s), epoch %d, %s", path, spec.arch, len(spec.class_names),
                  spec.img_size, spec.channels, ckpt["epoch"], spec.compute)
@@ -150,9 +148,9 @@ def submission_rows(data_dir: Path) -> tuple[list[str], list[str], list[Path]]:
 
 class ImageCache:
     """Decoded images per (size, channels): an ensemble decodes once per input size, through data.py's
-    on-disk cache."""
+    on-disk cache (in `cache_dir`, chosen by data.cache_dir_for)."""
 
-    def __init__(self, cache_dir: str | None, progress: bool):
+    def __init__(self, cache_dir: Path, progress: bool):
         self.cache_dir, self.progress = cache_dir, progress
         self.arrays: dict[tuple, data.ImageArray] = {}
 
@@ -179,6 +177,9 @@ def model_probs(p: Predictor, pixels: np.ndarray, device: torch.device, batch_si
                 logits = p.model(preprocess(view))
             total = total + logits.float().softmax(1)
         out[idx.cpu().numpy()] = (total / len(views)).double().cpu().numpy()
+    if not np.isfinite(out).all():
+        raise DataError(f"{p.path} gives NaN or infinite probabilities for {int((~np.isfinite(out).all(1)).sum())} "
+                        "image(s): the model is broken (a diverged run?); no submission was written")
     return out
 
 
@@ -437,10 +438,13 @@ def run_eval(args, predictors: list[Predictor], images: ImageCache, device: torc
     result = evaluate_labels(probs, labels, class_names)
     print(format_report(result, class_names, what + (", TTA" if args.tta else "")))
     title = " + ".join(p.spec.arch for p in predictors) + f": accuracy {result['accuracy']:.2%}"
-    plot_confusion(result["confusion"], class_names, first.run_dir / "confusion_matrix.png", title)
     pixels = images.pixels(files, first.spec.img_size, first.spec.channels)
-    plot_wrong(pixels, probs, labels, class_names, first.run_dir / "wrong.png")
-    print(f"saved {first.run_dir / 'confusion_matrix.png'} and {first.run_dir / 'wrong.png'}")
+    try:  # the report is printed: a run folder we cannot write in (read-only) costs only the figures
+        plot_confusion(result["confusion"], class_names, first.run_dir / "confusion_matrix.png", title)
+        plot_wrong(pixels, probs, labels, class_names, first.run_dir / "wrong.png")
+        print(f"saved {first.run_dir / 'confusion_matrix.png'} and {first.run_dir / 'wrong.png'}")
+    except OSError as e:
+        log.warning("could not save the figures in %s: %s", first.run_dir, e)
     if args.solution:
         record_test_acc(predictors, result["accuracy"], args.tta)
     return result
@@ -472,6 +476,39 @@ def run_predict(args, predictors: list[Predictor], images: ImageCache, device: t
     return out
 
 
+def check_outputs(args):
+    """Refuse an output that would destroy an input of this command (a checkpoint, the dataset's files, the
+    sample or the solution), the other output, a folder, or a file a CSV never is: before anything is written."""
+    data_dir = Path(args.data)
+    inputs = {Path(c if not Path(c).is_dir() else Path(c) / "best.pt"): "a checkpoint" for c in args.checkpoints}
+    inputs.update({data_dir / "train.csv": "the training labels", data_dir / "sample_submission.csv": "the sample",
+                   **({Path(args.solution): "--solution"} if args.solution else {})})
+    image_dirs = [data_dir / d for d in ("train", "test", "images")]
+    outputs = [(flag, Path(value)) for flag, value in (("--out", args.out or "submission.csv"), ("--probs", args.probs))
+               if value]
+    for flag, path in outputs:
+        if path.is_dir():
+            raise DataError(f"{flag} {path} is a folder: name the file to write (e.g. {path / 'submission.csv'})")
+        for given, what in inputs.items():
+            if _same_file(path, given):
+                raise DataError(f"{flag} {path} is {what} of this command: writing it would destroy it; "
+                                "choose another file")
+        for folder in image_dirs:
+            if folder.is_dir() and path.resolve().is_relative_to(folder.resolve()):
+                raise DataError(f"{flag} {path} is inside the dataset's image folder {folder}; write it elsewhere")
+        if path.suffix.lower() in data.IMG_EXTENSIONS | {".pt", ".pth", ".bin", ".safetensors", ".npy", ".json"}:
+            raise DataError(f"{flag} {path}: writes a CSV file, not a {path.suffix} file; choose a .csv name")
+    if len(outputs) == 2 and _same_file(outputs[0][1], outputs[1][1]):
+        raise DataError(f"--out and --probs name the same file {outputs[0][1]}: the probabilities would replace the "
+                        "submission")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -482,9 +519,11 @@ def main(argv=None):
             raise DataError(f"--batch-size must be at least 1, got {args.batch_size}")
         if not Path(args.data).is_dir():
             raise DataError(f"dataset folder {args.data} does not exist")
+        if not args.eval:
+            check_outputs(args)
         device = setup_runtime(args.device).device
         predictors = load_models(args.checkpoints, device)
-        images = ImageCache(args.cache_dir or None, args.progress)
+        images = ImageCache(data.cache_dir_for(args.data, args.cache_dir or None), args.progress)
         if args.eval:
             return run_eval(args, predictors, images, device)
         return run_predict(args, predictors, images, device)

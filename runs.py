@@ -143,7 +143,8 @@ def runs_table(runs_dir: str | Path, commands: bool = False) -> str:
             continue
         status = info["status"]
         if status == "running" and not _pid_alive(info):
-            status = "stopped (resumable)"
+            status = "stopped (resumable)" if (info_path.parent / "last.pt").is_file() else \
+                "stopped in its first epoch (train it again)"
         cells = {
             "run": info.get("name", info_path.parent.name), "arch": info["arch"],
             "epochs": f"{info.get('epochs_done', 0)}/{info.get('epochs', '?')}",
@@ -202,6 +203,46 @@ def update_run_info(run_dir: Path, **fields):
         atomic_write_text(run_dir.parent / "runs.md", runs_table(run_dir.parent))
     except (OSError, TypeError, ValueError) as e:
         log.warning("could not update the runs table %s: %s", run_dir.parent / "runs.md", e)
+
+
+def claim_run_dir(run_dir: Path) -> Path:
+    """Claim `run_dir` for this training process: its `.lock` file is created atomically (O_EXCL) and holds
+    our pid and host, so a second training with the same --name gets an error naming the first; a lock left
+    by a process that no longer runs is taken over. Returns the lock file (see `release_run_dir`)."""
+    lock = Path(run_dir) / ".lock"
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                try:
+                    owner = json.loads(lock.read_text() or "{}")
+                except (OSError, ValueError):
+                    owner = {}
+                if not owner or _pid_alive(owner):  # an empty lock is being written by its owner right now
+                    raise DataError(f"run folder {run_dir} is in use by another training (pid {owner.get('pid', '?')} "
+                                    f"on {owner.get('host', '?')}): wait for it to end, or choose another --name") from None
+                lock.unlink(missing_ok=True)  # its process has gone
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump({"pid": os.getpid(), "host": socket.gethostname(),
+                           "started": time.strftime("%Y-%m-%d %H:%M:%S")}, f)
+            return lock
+    except OSError as e:
+        raise DataError(f"cannot write in the run folder {run_dir} ({e.strerror or e}): choose a writable "
+                        "--runs-dir") from None
+    raise DataError(f"run folder {run_dir}: could not claim it (another training claimed it at the same time?)")
+
+
+def release_run_dir(run_dir: Path):
+    """Remove the `.lock` of `run_dir` when it is this process's."""
+    lock = Path(run_dir) / ".lock"
+    try:
+        if json.loads(lock.read_text()).get("pid") == os.getpid():
+            lock.unlink()
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 # ----------------------------------------------------------------------------------------------

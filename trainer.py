@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import logging
 import math
 import os
@@ -31,7 +32,7 @@ import data
 import runs
 from checkpoint import ModelSpec, init_from_checkpoint, load_checkpoint, make_checkpoint, save_checkpoint
 from config import TrainConfig, parse_config, save_config
-from errors import DataError, SetupError, UsageError
+from errors import DataError, OptionError, SetupError, UsageError
 from models import build_model
 from runtime import (ComputeFormat, Runtime, all_reduce, any_process, choose_format, compile_model,
                      setup_runtime)
@@ -163,6 +164,7 @@ class Session:
     schedule: LRSchedule
     ema: EMA | None = None
     progress: Progress = field(default_factory=Progress)
+    dataset_key: str = ""  # fingerprint of the training files and labels (`dataset_key`)
 
     @property
     def eval_model(self) -> nn.Module:
@@ -182,7 +184,8 @@ class Session:
         p = self.progress
         return make_checkpoint(self.spec, self.eval_model.state_dict(), dataclasses.asdict(self.config), epoch,
                                p.history, p.best_val_acc, p.best_epoch, p.train_time,
-                               [_rel(self.data.files[i], self.config.data) for i in self.data.val_idx], training)
+                               [_rel(self.data.files[i], self.config.data) for i in self.data.val_idx],
+                               self.dataset_key, training)
 
 
 def _rel(path: Path, root: str) -> str:
@@ -193,12 +196,50 @@ def _rel(path: Path, root: str) -> str:
 # Setting up
 # ----------------------------------------------------------------------------------------------
 
-def new_run_dir(config: TrainConfig) -> Path:
+def run_dir_for(config: TrainConfig) -> Path:
+    """The run's folder: the resumed one, or a new one in --runs-dir (named --name, else <arch>-<date>-<time>),
+    which must not hold a run already."""
+    if config.resume:
+        return Path(config.resume)
     run_dir = Path(config.runs_dir) / (config.name or f"{config.arch}-{time.strftime('%Y%m%d-%H%M%S')}")
     if (run_dir / "last.pt").exists():
         raise DataError(f"run folder {run_dir} already holds a run: resume it with --resume {run_dir}, "
                         "or choose another --name")
     return run_dir
+
+
+def dataset_key(train_data: TrainData, root: str) -> str:
+    """A fingerprint of the training files and their labels: resuming on changed data is noticed."""
+    digest = hashlib.sha256()
+    for path, label in zip(train_data.files, train_data.labels):
+        digest.update(f"{_rel(path, root)}\0{label}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def check_same_data(resume: dict, train_data: TrainData, config: TrainConfig):
+    """Refuse to resume on a dataset whose files changed since the run began (the split would silently
+    change), unless --allow-data-change."""
+    if resume["spec"]["class_names"] != train_data.class_names:
+        raise DataError(f"--resume: the classes in {config.data} differ from the run's {resume['spec']['class_names']}")
+    val_files = [_rel(train_data.files[i], config.data) for i in train_data.val_idx]
+    same = val_files == resume["val_files"] and resume.get("dataset_key", dataset_key(train_data, config.data)) \
+        == dataset_key(train_data, config.data)
+    if not same and not config.allow_data_change:
+        raise DataError(f"--resume: the training images in {config.data} changed since the run began (other files "
+                        "or labels), so its training and validation split would change; resume on the same data, or "
+                        "pass --allow-data-change to continue on the new split")
+    if not same:
+        log.warning("--allow-data-change: the dataset changed since the run began; continuing on the new split")
+
+
+def check_input_size(model: nn.Module, config: TrainConfig, channels: int):
+    """A clear error when the model cannot take images of --img-size (too small for its downsampling)."""
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(2, channels, config.img_size, config.img_size))
+    except RuntimeError as e:
+        raise OptionError(f"--img-size {config.img_size} is too small for {config.arch}: "
+                          f"{str(e).splitlines()[0]}") from None
 
 
 def load_train_data(config: TrainConfig, rt: Runtime, run_dir: Path) -> TrainData:
@@ -209,7 +250,7 @@ def load_train_data(config: TrainConfig, rt: Runtime, run_dir: Path) -> TrainDat
             log.info(note)
     if rt.distributed and not rt.is_main:
         dist.barrier()  # rank 0 decodes and caches first; the others then read its cache
-    images = data.load_images(found.files, config.img_size, None, config.cache_dir or None,
+    images = data.load_images(found.files, config.img_size, None, data.cache_dir_for(config.data, config.cache_dir),
                               progress=rt.is_main and config.progress)
     if rt.distributed and rt.is_main:
         dist.barrier()
@@ -237,18 +278,18 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     return torch.optim.AdamW(groups, lr=config.lr)
 
 
-def prepare_session(config: TrainConfig, rt: Runtime) -> tuple[Session, dict | None, dict | None]:
+def prepare_session(config: TrainConfig, rt: Runtime, run_dir: Path | None = None) -> tuple[Session, dict | None, dict | None]:
     """Load the data, build the model and optimiser, choose the compute format, and restore a resumed run.
     Returns the session, the resumed checkpoint (None for a new run) and how the compute format was
     chosen (None when resumed: the run keeps its format)."""
     torch.manual_seed(config.seed)
     resume = load_checkpoint(Path(config.resume) / "last.pt") if config.resume else None
-    run_dir = Path(config.resume) if resume else new_run_dir(config)
+    run_dir = run_dir or run_dir_for(config)
     config.name = run_dir.name
     train_data = load_train_data(config, rt, run_dir)
     channels = int(train_data.pixels.shape[1])
-    if resume and resume["spec"]["class_names"] != train_data.class_names:
-        raise DataError(f"--resume: the classes in {config.data} differ from the run's {resume['spec']['class_names']}")
+    if resume:
+        check_same_data(resume, train_data, config)
     local_batch = config.batch_size // rt.world_size
     if local_batch < 1:
         raise DataError(f"--batch-size {config.batch_size} is smaller than the number of processes ({rt.world_size})")
@@ -262,8 +303,11 @@ def prepare_session(config: TrainConfig, rt: Runtime) -> tuple[Session, dict | N
     try:
         model = build_model(config.arch, len(train_data.class_names), channels, config.img_size,
                             pretrained=config.pretrained and not resume)
-    except (ValueError, RuntimeError) as e:  # e.g. no pretrained weights offline, an unsuitable --img-size
+    except ValueError as e:  # e.g. an --img-size the architecture cannot take, no such weights
+        raise OptionError(str(e)) from None
+    except RuntimeError as e:  # e.g. pretrained weights that cannot be fetched offline
         raise SetupError(str(e)) from None
+    check_input_size(model, config, channels)
     if config.init and not resume:
         init_from_checkpoint(model, config.init, config.arch)
     model.to(rt.device)
@@ -292,7 +336,7 @@ def prepare_session(config: TrainConfig, rt: Runtime) -> tuple[Session, dict | N
                           config.warmup_epochs)
     s = Session(config, rt, run_dir, train_data, spec, wrapped, model, optimizer, scaler,
                 data.Preprocess(mean, std, augment, compute.memory_format), schedule,
-                EMA(model, config.ema) if config.ema else None)
+                EMA(model, config.ema) if config.ema else None, dataset_key=dataset_key(train_data, config.data))
     if resume:
         if s.ema:
             s.ema.model.load_state_dict(resume["model"])
@@ -401,8 +445,24 @@ def train(config: TrainConfig, script_defaults: dict | None = None) -> Path:
 
 
 def _train(config: TrainConfig, rt: Runtime, script_defaults: dict) -> Path:
-    s, resume, choice = prepare_session(config, rt)
-    run_dir, progress = s.run_dir, s.progress
+    run_dir = run_dir_for(config)
+    if not rt.is_main:
+        return _train_in(config, rt, script_defaults, run_dir)
+    runs.claim_run_dir(run_dir)
+    try:
+        return _train_in(config, rt, script_defaults, run_dir)
+    finally:
+        runs.release_run_dir(run_dir)
+
+
+def non_finite(model: nn.Module) -> list[str]:
+    """Names of the model's weights and buffers that hold NaN or infinity."""
+    return [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+
+
+def _train_in(config: TrainConfig, rt: Runtime, script_defaults: dict, run_dir: Path) -> Path:
+    s, resume, choice = prepare_session(config, rt, run_dir)
+    progress = s.progress
     start_epoch = resume["epoch"] + 1 if resume else 1
     start_step, partial = (resume["training"].get("step", 0), resume["training"].get("partial")) if resume else (0, None)
     if start_step >= s.schedule.steps_per_epoch:
@@ -446,6 +506,12 @@ def _train(config: TrainConfig, rt: Runtime, script_defaults: dict) -> Path:
                                     epoch, result.stopped_at, config.arch, run_dir)
                     raise SystemExit(130)
                 val = evaluate(s, s.data.val_idx)
+                if len(s.data.val_idx) and not math.isfinite(val["loss"]):
+                    raise Diverged(f"the validation loss became {val['loss']} at epoch {epoch}")
+                broken = non_finite(s.raw_model) or non_finite(s.eval_model)
+                if broken:
+                    raise Diverged(f"the weights became NaN or infinite at epoch {epoch} ({', '.join(broken[:3])}"
+                                   f"{', ...' if len(broken) > 3 else ''})")
                 progress.train_time += result.seconds
                 row = {"epoch": epoch, "train_loss": result.loss, "train_acc": result.acc, "val_loss": val["loss"],
                        "val_acc": val["acc"], "lr": result.lr, "seconds": result.seconds,

@@ -486,11 +486,13 @@ def test_default_cache_dir_does_not_disturb_the_dataset(tmp_path, monkeypatch, d
     for layout in ("csv", "folder"):
         root = write_dataset(tmp_path / layout, layout=layout, per_class=3, n_test=2)
         found = data.find_labelled_images(root)
-        data.load_images(found.files, 16, progress=False)
-        assert list((found.files[0].parent / ".cache").glob("*.npy"))
+        assert data.cache_dir_for(root) == root / ".cache"  # the one documented place: DIR/.cache
+        data.load_images(found.files, 16, cache_dir=data.cache_dir_for(root), progress=False)
+        assert list((root / ".cache").glob("*.npy"))
+        assert not list(root.glob("train/**/.cache"))
         again = data.find_labelled_images(root)
         assert again.files == found.files and again.notes == []
-        data.load_images(found.files, 16, progress=False)
+        data.load_images(found.files, 16, cache_dir=data.cache_dir_for(root), progress=False)
     assert len(decode_calls) == 18
 
 
