@@ -304,7 +304,8 @@ def prepare_session(config: TrainConfig, rt: Runtime, run_dir: Path | None = Non
         model = build_model(config.arch, len(train_data.class_names), channels, config.img_size,
                             pretrained=config.pretrained and not resume)
     except ValueError as e:  # e.g. an --img-size the architecture cannot take, no such weights
-        raise OptionError(str(e)) from None
+        raise OptionError(f"{config.arch} with --img-size {config.img_size}{' --pretrained' if config.pretrained else ''}: "
+                          f"{e}") from None
     except RuntimeError as e:  # e.g. pretrained weights that cannot be fetched offline
         raise SetupError(str(e)) from None
     check_input_size(model, config, channels)

@@ -2,7 +2,10 @@
 model can learn them in an epoch or two."""
 from __future__ import annotations
 
+import contextlib
 import csv
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -95,3 +98,53 @@ def to_version_1(ckpt: dict) -> dict:
            **{k: ckpt[k] for k in ("epoch", "history", "best_val_acc", "best_epoch", "train_time", "val_files")}}
     old.update(ckpt.get("training", {}))
     return old
+
+
+def _mount(*args) -> bool:
+    return subprocess.run(["mount", *args], capture_output=True).returncode == 0
+
+
+@contextlib.contextmanager
+def read_only(folder: Path, monkeypatch):
+    """`folder` made read-only, as competition notebooks mount their inputs: a read-only bind mount of it over
+    itself when this process may mount (root, as in CI), else its write bits removed (enforced for a non-root
+    user), else (root without mount) simulated: data.py is told it cannot write there. Yields how."""
+    folder = Path(folder)
+    if _mount("--bind", str(folder), str(folder)):
+        try:
+            if not _mount("-o", "remount,bind,ro", str(folder)):
+                raise RuntimeError(f"could not remount {folder} read-only")
+            yield "read-only bind mount"
+        finally:
+            subprocess.run(["umount", str(folder)], check=True)
+        return
+    if os.geteuid() == 0:
+        import data
+        real = data._writable
+        monkeypatch.setattr(data, "_writable", lambda p: not Path(p).resolve().is_relative_to(folder.resolve())
+                            and real(p))
+        yield "simulated (no mount, root)"
+        return
+    modes = {p: p.stat().st_mode for p in [folder, *folder.rglob("*")]}
+    for p, mode in modes.items():
+        p.chmod(mode & ~0o222)
+    try:
+        yield "write bits removed"
+    finally:
+        for p, mode in modes.items():
+            p.chmod(mode)
+
+
+@contextlib.contextmanager
+def small_disk(folder: Path, size: str):
+    """A tmpfs of `size` (e.g. "2m") mounted on `folder`: a disk that fills up. Yields None where this process
+    may not mount (the caller then simulates the full disk)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if not _mount("-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)):
+        yield None
+        return
+    try:
+        yield folder
+    finally:  # lazily: a file the test still holds open (an exception's traceback) must not fail it
+        subprocess.run(["umount", "--lazy", str(folder)], check=True)
