@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # the toolkit's modules (data, trainer, models, predict) live there
+if str(REPO) not in sys.path:  # the toolkit's modules (data, trainer, runs, predict, ...) live there
     sys.path.insert(0, str(REPO))
 
 DEFAULT_DATA = "data/fashion-mnist"
@@ -327,14 +327,6 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    def cell(text):
-        return str(text).replace("|", "\\|")
-    lines = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 TARGET_HEADER = ["target", "measured", "wanted", "result", "note"]
 
 
@@ -398,6 +390,7 @@ class Report:
         return "\n".join(out).rstrip() + "\n"
 
     def markdown(self) -> str:
+        from runs import markdown_table  # here, not at the top: run_all.py --help need not import torch
         out = [f"## {self.title}", "", f"`{self.command}`", "",
                f"Measured {time.strftime('%Y-%m-%d %H:%M')}; {self.measured}.", ""]
         for t in self.tables:

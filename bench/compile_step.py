@@ -2,13 +2,13 @@
 `--precision auto` chooses, eager and compiled with torch.compile, and how long the compilation takes.
 
     python bench/compile_step.py                        # all five architectures (compiling alone takes
-                                                        # 15 s to 3.5 minutes each on 2 cores)
+                                                        # minutes for some: BENCHMARKS.md)
     python bench/compile_step.py --archs cnn,resnet --repeats 5
 
 Both sessions are built as train_<arch>.py builds them (trainer.prepare_session, the script's defaults, all
-the demo's images) and run short epochs of trainer.train_one_epoch, taking turns so that other load on the
-machine hits both alike. The compiled session's first step, which is where torch.compile (inductor) compiles
-the forward and backward passes, is timed apart; it depends on torch's compile cache
+the demo's images) and run the first steps of epochs of trainer.train_one_epoch, taking turns so that other
+load on the machine hits both alike. The compiled session's first step, which is where torch.compile
+(inductor) compiles the forward and backward passes, is timed apart; it depends on torch's compile cache
 (/tmp/torchinductor_$USER): a cold cache takes longer, one that already holds the graphs less.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ from train_step import Ours, session
 
 def bench_arch(arch: str, args, runs_dir: str) -> dict:
     eager, _ = session(arch, args.data, runs_dir, "auto", "auto")
-    mode = eager.mode
+    mode = eager.spec.compute
     print(f"\n[{arch}] {mode}", flush=True)
     compiled, _ = session(arch, args.data, runs_dir, mode.precision, "on" if mode.channels_last else "off",
                           compile=True)

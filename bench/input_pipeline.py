@@ -7,8 +7,9 @@ workers, on the same image files with the same batch size.
     python bench/input_pipeline.py --images 20000 --epochs 5 --markdown BENCHMARKS.md
 
 (a) First pass: ours decodes every file into a fresh cache (data.load_images), computes the channel
-statistics as the trainer does, and delivers one epoch of batches (data.iterate_batches + data.prefetch,
-data.Augment, data.normalize); torchvision starts its workers, decodes and transforms every image.
+statistics as the trainer does, and delivers one epoch of batches the way trainer.train_one_epoch gets them
+(data.batches, then data.Preprocess with a data.Augment); torchvision starts its workers, decodes and
+transforms every image.
 (b) Steady state: later epochs (ours from the memory-mapped cache; torchvision with persistent workers),
 the two sides interleaved epoch by epoch so that other load on the machine hits both alike.
 Both sides read files that are already in the OS page cache, and both deliver 1-channel batches: the
@@ -76,21 +77,24 @@ def torchvision_epoch(loader) -> int:
 # Ours: decode once into the cache, then whole-batch augmentation
 # ----------------------------------------------------------------------------------------------
 
-def our_epoch(pixels: np.ndarray, labels: np.ndarray, batch_size: int, augment: data.Augment, mean, std,
+def our_epoch(pixels: np.ndarray, labels: np.ndarray, batch_size: int, preprocess: data.Preprocess,
               epoch: int) -> int:
-    """One epoch of training batches as trainer.train_one_epoch receives them (Session.inputs)."""
+    """One epoch of training batches as trainer.train_one_epoch makes them: data.batches, then the session's
+    data.Preprocess with train=True."""
     n = 0
-    batches = data.iterate_batches(pixels, labels, np.arange(len(labels)), batch_size, shuffle=True, epoch=epoch)
-    for x, y in data.prefetch(batches, torch.device("cpu")):
-        x = data.normalize(augment(data.to_float(x)), mean, std)
+    for x, y in data.batches(pixels, labels, np.arange(len(labels)), batch_size, torch.device("cpu"), shuffle=True,
+                             epoch=epoch, drop_last=True):
+        x = preprocess(x, train=True)
         n += len(y)
     return n
 
 
-def our_first_pass(files, labels, img_size, batch_size, augment, cache_dir) -> tuple[int, data.ImageArray, list, list]:
+def our_first_pass(files, labels, img_size, batch_size, augment,
+                   cache_dir) -> tuple[int, data.ImageArray, data.Preprocess]:
     images = data.load_images(files, img_size, None, cache_dir, progress=False)
     mean, std = data.channel_stats(images.pixels, np.arange(len(files)))
-    return our_epoch(images.pixels, labels, batch_size, augment, mean, std, epoch=1), images, mean, std
+    preprocess = data.Preprocess(mean, std, augment)
+    return our_epoch(images.pixels, labels, batch_size, preprocess, epoch=1), images, preprocess
 
 
 # ----------------------------------------------------------------------------------------------
@@ -126,7 +130,8 @@ def main(argv=None):
         print(f"torchvision first pass: {tv_first:,.0f} img/s", flush=True)
 
         start = time.perf_counter()
-        n, images, mean, std = our_first_pass(files, labels, args.img_size, args.batch_size, augment, Path(tmp) / "cache")
+        n, images, preprocess = our_first_pass(files, labels, args.img_size, args.batch_size, augment,
+                                               Path(tmp) / "cache")
         ours_first = n / (time.perf_counter() - start)
         print(f"ours first pass (decode + cache + batches): {ours_first:,.0f} img/s", flush=True)
 
@@ -136,7 +141,7 @@ def main(argv=None):
             n = torchvision_epoch(loader)
             tv_steady.append(n / (time.perf_counter() - start))
             start = time.perf_counter()
-            n = our_epoch(images.pixels, labels, args.batch_size, augment, mean, std, epoch)
+            n = our_epoch(images.pixels, labels, args.batch_size, preprocess, epoch)
             ours_steady.append(n / (time.perf_counter() - start))
             print(f"epoch {epoch}: torchvision {tv_steady[-1]:,.0f} img/s, ours {ours_steady[-1]:,.0f} img/s", flush=True)
         del loader, images
@@ -155,7 +160,7 @@ def main(argv=None):
                 f"v2.RandomHorizontalFlip + RandomRotation({args.rotate:g}) + ToDtype + Normalize, "
                 f"DataLoader(batch_size={args.batch_size}, shuffle=True, num_workers={args.workers}, persistent_workers=True).")
     report.note("ours: data.load_images into a fresh cache folder (first pass only), data.channel_stats, then "
-                "data.iterate_batches + data.prefetch + data.Augment(hflip, rotate) + data.normalize, as the trainer runs them.")
+                "data.batches + data.Preprocess(mean, std, data.Augment(hflip, rotate)), as the trainer runs them.")
     report.finish()
     return report
 

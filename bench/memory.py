@@ -11,12 +11,12 @@ samples is missed. It includes the pages of the memory-mapped image cache that t
 """
 from __future__ import annotations
 
-import re
 import tempfile
 from pathlib import Path
 
 import common  # puts the repository root on sys.path
 
+import runs
 
 GIB = 2**30
 
@@ -29,6 +29,16 @@ def phase_rows(samples: list[tuple[float, int, str]]) -> list[list[str]]:
     start = "(start: imports, finding and decoding images, statistics, timing the precision modes)"
     return [[(last[:90] + "...") if len(last) > 90 else (last or start), f"{rss / GIB:.2f} GiB"]
             for last, rss in peaks.items()]
+
+
+def last_epoch(run_dir: Path, epochs: int) -> str:
+    """The run's last row of metrics.csv, in words."""
+    rows = runs.read_metrics(run_dir / "metrics.csv") if (run_dir / "metrics.csv").is_file() else []
+    if not rows:
+        return ""
+    r = rows[-1]
+    return (f"epoch {r['epoch']:.0f}/{epochs}  train loss {r['train_loss']:.4f} acc {r['train_acc']:.4f}  "
+            f"val loss {r['val_loss']:.4f} acc {r['val_acc']:.4f}")
 
 
 def main(argv=None):
@@ -53,10 +63,10 @@ def main(argv=None):
                    "--name", arch, "--cache-dir", work / f"cache-{arch}", "--no-progress"]
             finished = common.check(common.run_python(cmd, echo=True, rss_every=0.1), f"train_{arch}.py")
             print(f"{arch}: peak RSS {finished.max_rss_bytes / GIB:.2f} GiB in {finished.seconds:.0f} s", flush=True)
-            epochs = re.findall(r"^epoch \d+/\d+ .*$", finished.output, re.M)
-            mode = re.search(r"-> using (\S+)", finished.output)
+            run_dir = work / "runs" / arch
+            info = runs.read_run_info(run_dir) or {}
             rows.append([arch, f"{finished.max_rss_bytes / GIB:.2f} GiB", f"{finished.seconds:.0f} s",
-                         mode.group(1) if mode else "", epochs[-1].split("  lr")[0] if epochs else ""])
+                         info.get("mode", ""), last_epoch(run_dir, args.epochs)])
             report.table(f"{arch}: peak RSS by phase (sampled every 0.1 s; a phase is what the run had printed last)",
                          ["phase", "peak RSS"], phase_rows(finished.rss_samples))
             report.target(f"{arch}: peak RSS of a {args.epochs}-epoch run", finished.max_rss_bytes / GIB,

@@ -24,6 +24,7 @@ import common  # puts the repository root on sys.path
 
 import data
 import predict
+from checkpoint import load_checkpoint, read_spec
 
 
 def train_model(root: Path, work: Path, n_images: int | None) -> Path:
@@ -79,12 +80,11 @@ def main(argv=None):
                          f"{accuracy[tta]:.4f}"])
             print(f"{label}: cold {n / cold:,.0f} img/s, warm {rates[tta]:,.0f} img/s, "
                   f"end to end {end_to_end.seconds:.1f} s", flush=True)
-        checkpoint = predict.load_checkpoint(predict.checkpoint_path(run))
+        spec = read_spec(load_checkpoint(predict.checkpoint_path(run)))
 
     report.table(
-        f"predict.py on the {n:,} test images ({checkpoint['arch']}, {checkpoint['img_size']}px, "
-        f"{checkpoint['mode']['precision']}{'+channels_last' if checkpoint['mode']['channels_last'] else ''}, "
-        f"batch 256; warm: median of {repeats})",
+        f"predict.py on the {n:,} test images ({spec.arch}, {spec.img_size}px, {spec.compute}, "
+        f"batch {predict.build_parser().get_default('batch_size')}; warm: median of {repeats})",
         ["", "cold: decode + predict, img/s", "warm: predict, img/s", "end to end, warm (new process)", "test accuracy"],
         rows)
     report.note(f"TTA costs {rates[False] / rates[True]:.2f}x the time of a plain prediction (warm).")

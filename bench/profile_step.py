@@ -46,7 +46,7 @@ def main(argv=None):
         ours.run(2)  # warm-up
         with profile(activities=[ProfilerActivity.CPU], record_shapes=False) as prof:
             rate = ours.run(args.steps)
-    print(f"{args.arch} in {s.mode}: {rate:,.0f} images/s over {args.steps} steps of batch {s.config.batch_size} "
+    print(f"{args.arch} in {s.spec.compute}: {rate:,.0f} images/s over {args.steps} steps of batch {s.config.batch_size} "
           f"(profiler on; torch threads {torch.get_num_threads()})\n")
     events = prof.key_averages()
     print(events.table(sort_by="self_cpu_time_total", row_limit=args.rows))

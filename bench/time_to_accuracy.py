@@ -7,8 +7,8 @@
     python bench/time_to_accuracy.py --script train_resnet.py --epochs 2               # another architecture
 
 One run of train_cnn.py (or --script) with --val-split 0 (every training image is trained on; best.pt is then the
-latest epoch). As each epoch ends, its best.pt is copied aside; afterwards every copy is scored the
-way a user scores a submission: predict.py writes the submission for the test images and it is
+latest epoch). As each epoch ends (its run.json counts it done), its best.pt is copied aside; afterwards every
+copy is scored the way a user scores a submission: predict.py writes the submission for the test images and it is
 compared with solution.csv. Training time is the sum of metrics.csv's `seconds` (the epochs' own time:
 no decoding, precision choice, checkpointing or scoring); wall-clock time since the start of the
 process is shown beside it.
@@ -19,19 +19,19 @@ import contextlib
 import io
 import json
 import logging
-import re
 import shlex
 import shutil
+import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import common  # puts the repository root on sys.path
 
 import predict
-import trainer
+import runs
 
-EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+)\s")
 SUMMARY_KEYS = ("epochs", "batch_size", "img_size", "lr", "weight_decay", "warmup_epochs", "hflip", "rotate",
                 "label_smoothing", "optimizer", "precision")
 
@@ -41,26 +41,40 @@ def train_with_snapshots(args, data_dir: Path, work: Path) -> tuple[list[dict], 
     run_dir = work / "runs" / "time-to-accuracy"
     snapshots = work / "snapshots"
     snapshots.mkdir()
-    clock = {}
+    clock, done = {}, threading.Event()
 
-    def on_line(line: str):
+    def watch():
+        # The trainer counts an epoch in run.json after writing its best.pt; the next best.pt comes an epoch later.
+        copied = 0
+        while True:
+            last_look = done.wait(0.1)
+            epoch = (runs.read_run_info(run_dir) or {}).get("epochs_done", 0)
+            if epoch > copied:
+                shutil.copy2(run_dir / "best.pt", snapshots / f"epoch-{epoch}.pt")
+                clock[epoch], copied = time.perf_counter() - start, epoch
+            if last_look:
+                return
+
+    def show(line: str):
         print("   ", line.rstrip(), flush=True)
-        match = EPOCH_LINE.match(line)
-        if match:  # the trainer logs an epoch after writing its best.pt
-            epoch = int(match.group(1))
-            shutil.copy2(run_dir / "best.pt", snapshots / f"epoch-{epoch}.pt")
-            clock[epoch] = time.perf_counter() - clock["start"]
 
     cmd = [args.script, "--data", data_dir, "--epochs", args.epochs, "--val-split", "0", "--runs-dir",
            work / "runs", "--name", run_dir.name, "--no-progress", *shlex.split(args.train_args)]
-    clock["start"] = time.perf_counter()
-    finished = common.check(common.run_python(cmd, echo=True, on_line=on_line), args.script)
-    metrics = trainer.read_metrics(run_dir / "metrics.csv")
+    watcher = threading.Thread(target=watch, daemon=True)
+    start = time.perf_counter()
+    watcher.start()
+    try:
+        finished = common.check(common.run_python(cmd, echo=True, on_line=show), args.script)
+    finally:
+        done.set()
+        watcher.join()
     rows, total = [], 0.0
-    for m in metrics:
+    for m in runs.read_metrics(run_dir / "metrics.csv"):
         total += m["seconds"]
         epoch = int(m["epoch"])
-        rows.append({"epoch": epoch, "train_seconds": total, "wall_seconds": clock.get(epoch, float("nan")),
+        if not (snapshots / f"epoch-{epoch}.pt").is_file():
+            sys.exit(f"error: epoch {epoch}'s best.pt was not copied in time (the next epoch had already ended)")
+        rows.append({"epoch": epoch, "train_seconds": total, "wall_seconds": clock[epoch],
                      "train_acc": m["train_acc"], "images_per_s": m["images_per_s"],
                      "snapshot": snapshots / f"epoch-{epoch}.pt"})
     return rows, finished, run_dir
@@ -99,7 +113,7 @@ def main(argv=None):
             print(f"epoch {row['epoch']}: {row['train_seconds']:.0f} s of training, test accuracy "
                   f"{row['test_acc']:.4f}", flush=True)
         config = json.loads((run_dir / "config.json").read_text())
-        mode = json.loads((run_dir / "run.json").read_text()).get("mode", "?")
+        mode = (runs.read_run_info(run_dir) or {}).get("mode", "?")
 
     reached = next((r for r in rows if r["test_acc"] >= args.accuracy), None)
     within = [r for r in rows if r["train_seconds"] <= args.budget]

@@ -7,17 +7,17 @@ fp32, channels-first PyTorch loop over the same model.
     python bench/train_step.py --archs cnn,resnet --repeats 5 --markdown BENCHMARKS.md
 
 Ours is the real thing: trainer.prepare_session builds the session exactly as train_<arch>.py does
-(with --precision and --channels-last fixed to each mode of trainer.candidate_modes("auto", "auto")),
-and trainer.train_one_epoch runs a short epoch of real demo images, so its figure includes everything
-the loop does per step (input conversion, augmentation, normalisation, the learning-rate schedule,
-metrics). The plain loop gets ready-made normalised float batches and does only forward, loss,
-backward and AdamW: that favours it. `auto` is prepare_session with --precision auto, i.e.
-trainer.choose_mode's own measurement; its figure is the measured figure of the mode it chose.
-Modes are measured in turns, repeat after repeat, so that other load on the machine hits all alike.
+(config.make_config over the script's DEFAULTS, with --precision and --channels-last fixed to each
+format of runtime.candidate_formats("auto", "auto")), and trainer.train_one_epoch(..., stop_step=N) runs
+the first N steps of an epoch of real demo images, so its figure includes everything the loop does per
+step (data.batches, data.Preprocess with its augmentation, the learning-rate schedule, metrics). The
+plain loop gets ready-made normalised float batches and does only forward, loss, backward and AdamW: that
+favours it. `auto` is prepare_session with --precision auto, i.e. runtime.choose_format's own
+measurement; its figure is the measured figure of the mode it chose. Modes are measured in turns, repeat
+after repeat, so that other load on the machine hits all alike.
 """
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import tempfile
 import time
@@ -31,7 +31,9 @@ import torch.nn.functional as F
 
 import data
 import trainer
+from config import make_config
 from models import build_model
+from runtime import Runtime, candidate_formats
 
 PLAIN = "plain fp32"
 
@@ -45,31 +47,26 @@ def session(arch: str, data_dir: str, runs_dir: str, precision: str, channels_la
             compile: bool = False) -> tuple[trainer.Session, float]:
     """A training session as train_<arch>.py sets it up, on all the demo's images (compiled with `compile`);
     and the seconds that setting up took (for auto, mostly its measurement of the modes)."""
-    defaults = script_defaults(arch)
-    config = trainer.TrainConfig(**{**dataclasses.asdict(trainer.TrainConfig()), **defaults, "arch": arch,
-                                    "data": data_dir, "val_split": 0.0, "precision": precision,
-                                    "channels_last": channels_last, "progress": False, "runs_dir": runs_dir,
-                                    "compile": compile,
-                                    "name": f"{arch}-{precision}-{channels_last}{'-compiled' if compile else ''}"})
-    rt = trainer.Runtime(torch.device("cpu"))
+    config = make_config(arch, script_defaults(arch), data=data_dir, val_split=0.0, precision=precision,
+                         channels_last=channels_last, progress=False, runs_dir=runs_dir, compile=compile,
+                         name=f"{arch}-{precision}-{channels_last}{'-compiled' if compile else ''}")
     start = time.perf_counter()
-    s, _ = trainer.prepare_session(config, rt)
+    s, _, _ = trainer.prepare_session(config, Runtime(torch.device("cpu")))
     return s, time.perf_counter() - start
 
 
 class Ours:
-    """Short epochs of trainer.train_one_epoch on a session."""
+    """The first steps of successive epochs of trainer.train_one_epoch on a session."""
 
     def __init__(self, s: trainer.Session):
-        self.s, self.all_idx, self.epoch = s, s.train_idx, 0
+        self.s, self.epoch = s, 0
         self.stop = trainer.StopRequest()  # never entered: no signal handlers, never requested
 
     def run(self, steps: int) -> float:
-        s = self.s
-        s.train_idx, s.steps_per_epoch = self.all_idx[:steps * s.config.batch_size], steps
+        """Training images/s over the first `steps` steps of the next epoch."""
         self.epoch += 1
-        result = trainer.train_one_epoch(s, self.epoch, self.stop)
-        return result["seen"] / result["seconds"]
+        result = trainer.train_one_epoch(self.s, self.epoch, self.stop, stop_step=steps)
+        return result.seen / result.seconds
 
 
 class Plain:
@@ -77,15 +74,16 @@ class Plain:
 
     def __init__(self, arch: str, s: trainer.Session, n_batches: int = 4):
         torch.manual_seed(0)
-        cfg = s.config
-        self.model = build_model(arch, len(s.class_names), s.pixels.shape[1], cfg.img_size).train()
+        cfg, spec = s.config, s.spec
+        self.model = build_model(arch, len(spec.class_names), spec.channels, cfg.img_size).train()
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        to_input = data.Preprocess(spec.mean, spec.std)  # normalised floats, channels-first, no augmentation
         bs = cfg.batch_size
         self.batches = []
         for i in range(n_batches):
             idx = np.arange(i * bs, (i + 1) * bs)
-            x = data.normalize(data.to_float(torch.from_numpy(np.ascontiguousarray(s.pixels[idx]))), s.mean, s.std)
-            self.batches.append((x.contiguous(), torch.from_numpy(s.labels[idx])))
+            x = to_input(torch.from_numpy(np.ascontiguousarray(s.data.pixels[idx])))
+            self.batches.append((x, torch.from_numpy(s.data.labels[idx])))
 
     def run(self, steps: int) -> float:
         start = time.perf_counter()
@@ -101,12 +99,12 @@ class Plain:
 def bench_arch(arch: str, args, runs_dir: str) -> dict:
     defaults = script_defaults(arch)
     print(f"\n[{arch}] img_size {defaults['img_size']}, batch {defaults['batch_size']}", flush=True)
-    fixed = trainer.candidate_modes("auto", "auto", torch.device("cpu"))
+    fixed = candidate_formats("auto", "auto", torch.device("cpu"))
     runners = {}
-    for mode in fixed:
-        s, _ = session(arch, args.data, runs_dir, mode.precision, "on" if mode.channels_last else "off")
-        assert s.mode == mode, (s.mode, mode)
-        runners[str(mode)] = Ours(s)
+    for compute in fixed:
+        s, _ = session(arch, args.data, runs_dir, compute.precision, "on" if compute.channels_last else "off")
+        assert s.spec.compute == compute, (s.spec.compute, compute)
+        runners[str(compute)] = Ours(s)
     runners[PLAIN] = Plain(arch, next(iter(runners.values())).s)
 
     steps = {}
@@ -125,7 +123,7 @@ def bench_arch(arch: str, args, runs_dir: str) -> dict:
     choices, choose_seconds = [], []
     for _ in range(args.choices):
         s, seconds = session(arch, args.data, runs_dir, "auto", "auto")
-        choices.append(str(s.mode))
+        choices.append(str(s.spec.compute))
         choose_seconds.append(seconds)
         del s
     print(f"  auto chose {', '.join(choices)}", flush=True)
