@@ -43,7 +43,10 @@ class TrainConfig:
     erase: float = _opt(0.0, "random erasing: probability of replacing a random rectangle of an image with noise")
     ema: float = _opt(0.0, "keep an exponential moving average of the weights with this decay per step (e.g. 0.999; "
                            "0: off); it is what is evaluated and saved for prediction")
-    normalize: bool = _opt(True, "normalise with the training images' per-channel mean/std")
+    normalize: bool = _opt(True, "normalise the images' channels to zero mean and unit std")
+    norm_stats: str = _opt("auto", "the mean/std to normalise with: the training images' (data), the pretrained "
+                                   "weights' own (weights), or auto: the weights' with --pretrained, else the data's",
+                           choices=["auto", "data", "weights"])
     precision: str = _opt("auto", "fp32, bf16, fp16, or auto: measure which is fastest here",
                           choices=["auto", "fp32", "bf16", "fp16"])
     channels_last: str = _opt("auto", "memory format: on, off, or auto (measured with --precision)",
@@ -56,7 +59,14 @@ class TrainConfig:
     runs_dir: str = _opt("runs", "folder that holds the run folders")
     resume: str = _opt("", "continue the run in this folder from its last.pt")
     init: str = _opt("", "start from the weights of this checkpoint (the head is replaced if classes differ)")
-    pretrained: bool = _opt(False, "start from timm/torchvision ImageNet weights (needs network)")
+    pretrained: str = _opt("", "start from ImageNet weights: a local weight file (.safetensors/.pth/.bin) or folder "
+                               "(a Hugging Face hub cache, or config.json + weights), nothing fetched; or 'imagenet' "
+                               "(the flag alone) to download timm's/torchvision's", nargs="?", const="imagenet",
+                           metavar="FILE_OR_FOLDER")
+    head_lr_mult: float = _opt(1.0, "the classifier layer learns at this multiple of --lr (e.g. 10 when fine-tuning: "
+                                    "the backbone at --lr, the new head faster)")
+    freeze_epochs: int = _opt(0, "train only the classifier layer for this many first epochs, the backbone frozen "
+                                 "(with --pretrained)")
     skip_bad: bool = _opt(False, "leave out unreadable images (listed in the run folder) instead of stopping")
     id_col: str = _opt("", "id column of train.csv (default: detected)")
     label_col: str = _opt("", "label column of train.csv (default: detected)")
@@ -67,6 +77,10 @@ class TrainConfig:
     progress: bool = _opt(True, "show a progress bar per epoch")
     allow_data_change: bool = _opt(False, "with --resume: continue although the dataset's files changed since the run "
                                           "began (its training and validation images then change)")
+
+    def __post_init__(self):
+        if isinstance(self.pretrained, bool):  # config.json of runs from before local weights: a bool
+            self.pretrained = "imagenet" if self.pretrained else ""
 
 
 # Smaller images hold too little to classify and leave nothing after most architectures' downsampling (a
@@ -90,6 +104,9 @@ def build_parser(arch: str, defaults: dict) -> argparse.ArgumentParser:
         help_text = f.metadata["help"] + (f" (default: {default})" if default not in ("", None) else "")
         if f.type in ("bool", bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
+        elif "nargs" in f.metadata:
+            parser.add_argument(flag, type=str, nargs=f.metadata["nargs"], const=f.metadata["const"], help=help_text,
+                                metavar=f.metadata["metavar"])
         else:
             kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
             parser.add_argument(flag, type=kind, help=help_text, choices=f.metadata.get("choices"),
@@ -158,11 +175,16 @@ def check_config(config: TrainConfig):
     for name in ("erase", "ema", "label_smoothing", "momentum", "val_split"):
         if not 0 <= getattr(config, name) < 1:
             raise OptionError(f"{_flag(name)} must be in [0, 1), got {getattr(config, name)}")
-    for name in ("translate", "rotate", "weight_decay", "grad_clip", "warmup_epochs", "stop_at_epoch", "seed"):
+    for name in ("translate", "rotate", "weight_decay", "grad_clip", "warmup_epochs", "stop_at_epoch", "seed",
+                 "freeze_epochs"):
         if getattr(config, name) < 0:
             raise OptionError(f"{_flag(name)} cannot be negative, got {getattr(config, name)}")
     if config.lr <= 0:
         raise OptionError(f"--lr must be positive, got {config.lr}")
+    if config.head_lr_mult <= 0:
+        raise OptionError(f"--head-lr-mult must be positive, got {config.head_lr_mult}")
+    if config.norm_stats == "weights" and not config.pretrained:
+        raise OptionError("--norm-stats weights needs --pretrained (weights whose normalisation to use)")
     if config.name and (config.name in (".", "..") or any(c in config.name for c in "/\\\0")
                         or config.name != config.name.strip()):
         raise OptionError(f"--name {config.name!r}: a run name is one folder name inside --runs-dir "

@@ -519,8 +519,9 @@ def _decode_all(files, img_size, channels, cache_dir, workers, progress, desc):
                             continue
                         if img.shape[0] == 3 and pixels.shape[1] == 1:  # first colour image: the dataset becomes RGB
                             wider = new_array(3)
-                            for s in range(0, i, 4096):
-                                wider[s:min(i, s + 4096)] = pixels[s:min(i, s + 4096)]
+                            step = images_per_chunk(wider)
+                            for s in range(0, i, step):
+                                wider[s:min(i, s + step)] = pixels[s:min(i, s + step)]
                             os.unlink(pixels.filename)
                             pixels = wider
                         elif pixels.shape[1] == 3 and img.shape[0] == 1:
@@ -554,15 +555,23 @@ def stratified_split(labels: np.ndarray, val_split: float, seed: int) -> tuple[n
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
 
 
-def channel_stats(pixels: np.ndarray, indices: np.ndarray, chunk: int = 4096) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std (in 0..1 units) of the images `indices`."""
+def images_per_chunk(pixels: np.ndarray, budget_bytes: int = 64 * 2**20) -> int:
+    """How many images of `pixels` fit in `budget_bytes` as uint8: work on the cache goes chunk by chunk, so
+    memory stays bounded at any image size (never a float copy of the dataset)."""
+    return max(1, budget_bytes // max(1, int(np.prod(pixels.shape[1:]))))
+
+
+def channel_stats(pixels: np.ndarray, indices: np.ndarray, chunk: int | None = None) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std (in 0..1 units) of the images `indices`, summed exactly (integers) chunk by chunk."""
     c = pixels.shape[1]
-    total, total_sq, count = np.zeros(c), np.zeros(c), 0
+    chunk = chunk or images_per_chunk(pixels)
+    total, total_sq, count = np.zeros(c, np.int64), np.zeros(c, np.int64), 0
     for s in range(0, len(indices), chunk):
-        batch = pixels[np.sort(indices[s:s + chunk])].astype(np.float64) / 255.0
-        total += batch.sum(axis=(0, 2, 3))
-        total_sq += (batch ** 2).sum(axis=(0, 2, 3))
+        batch = pixels[np.sort(indices[s:s + chunk])]
+        total += batch.sum(axis=(0, 2, 3), dtype=np.int64)
+        total_sq += [np.square(batch[:, k], dtype=np.uint16).sum(dtype=np.int64) for k in range(c)]  # 255^2 fits
         count += batch.shape[0] * batch.shape[2] * batch.shape[3]
+    total, total_sq = total / 255.0, total_sq / 255.0 ** 2
     mean = total / count
     std = np.sqrt(np.maximum(total_sq / count - mean ** 2, 0)) + 1e-6
     return [float(m) for m in mean], [float(s) for s in std]

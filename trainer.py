@@ -33,7 +33,7 @@ import runs
 from checkpoint import ModelSpec, init_from_checkpoint, load_checkpoint, make_checkpoint, save_checkpoint
 from config import TrainConfig, parse_config, save_config
 from errors import DataError, OptionError, SetupError, UsageError
-from models import build_model
+from models import WEIGHTS, WeightsError, build_model, head_name
 from runtime import (ComputeFormat, Runtime, all_reduce, any_process, choose_format, compile_model,
                      setup_runtime)
 
@@ -269,10 +269,55 @@ def load_train_data(config: TrainConfig, rt: Runtime, run_dir: Path) -> TrainDat
     return TrainData(images.pixels, found.labels, found.files, found.class_names, train_idx, val_idx)
 
 
+def is_head(name: str, arch: str) -> bool:
+    return name.startswith(head_name(arch) + ".")
+
+
+NORM_WEIGHTS, NORM_DATA = "the pretrained weights' own mean/std", "the training images' mean/std"
+
+
+def norm_source(config: TrainConfig) -> str:
+    """Whose mean/std the run normalises with (--normalize, --norm-stats, --pretrained)."""
+    if not config.normalize:
+        return "none"
+    use_weights = config.norm_stats == "weights" or (config.norm_stats == "auto" and bool(config.pretrained))
+    return NORM_WEIGHTS if use_weights else NORM_DATA
+
+
+def normalization(config: TrainConfig, train_data: TrainData, channels: int) -> tuple[list | None, list | None]:
+    """The (mean, std) the run normalises with (None, None without --normalize): the pretrained weights' own
+    with --pretrained (or --norm-stats weights), else the training images' (--norm-stats data)."""
+    if not config.normalize:
+        return None, None
+    if norm_source(config) == NORM_WEIGHTS:
+        if config.arch not in WEIGHTS:
+            raise OptionError(f"--norm-stats weights: {config.arch} has no pretrained weights to take it from")
+        mean, std = list(WEIGHTS[config.arch].mean), list(WEIGHTS[config.arch].std)
+        if channels == 1:  # the stem sums its RGB filters for gray input: the channels' average stands for all
+            mean, std = [statistics.fmean(mean)], [statistics.fmean(std)]
+        return mean, std
+    return data.channel_stats(train_data.pixels, train_data.train_idx)
+
+
+def freeze_backbone(s: Session, frozen: bool):
+    """With --freeze-epochs: only the classifier layer trains while `frozen`."""
+    for name, p in s.raw_model.named_parameters():
+        if not is_head(name, s.config.arch):
+            p.requires_grad_(not frozen)
+
+
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]  # biases and norms are not decayed
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    """AdamW or SGD; biases and norms are not decayed. With --head-lr-mult the classifier layer's groups carry
+    an `lr_scale`, which the loop applies to the scheduled learning rate."""
+    named = list(model.named_parameters())
+    parts = [("", named)] if config.head_lr_mult == 1 else [
+        ("backbone", [(n, p) for n, p in named if not is_head(n, config.arch)]),
+        ("head", [(n, p) for n, p in named if is_head(n, config.arch)])]
+    groups = []
+    for part, params in parts:
+        scale = config.head_lr_mult if part == "head" else 1.0
+        groups += [{"params": [p for _, p in params if p.ndim > 1], "weight_decay": config.weight_decay, "lr_scale": scale},
+                   {"params": [p for _, p in params if p.ndim <= 1], "weight_decay": 0.0, "lr_scale": scale}]
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
     return torch.optim.AdamW(groups, lr=config.lr)
@@ -295,14 +340,14 @@ def prepare_session(config: TrainConfig, rt: Runtime, run_dir: Path | None = Non
         raise DataError(f"--batch-size {config.batch_size} is smaller than the number of processes ({rt.world_size})")
     if resume:
         mean, std = resume["spec"]["mean"], resume["spec"]["std"]
-    elif config.normalize:
-        mean, std = data.channel_stats(train_data.pixels, train_data.train_idx)
     else:
-        mean, std = None, None
+        mean, std = normalization(config, train_data, channels)
 
     try:
         model = build_model(config.arch, len(train_data.class_names), channels, config.img_size,
-                            pretrained=config.pretrained and not resume)
+                            pretrained=config.pretrained if not resume else False)
+    except WeightsError as e:  # a local weight file that cannot be read or does not fit
+        raise DataError(str(e)) from None
     except ValueError as e:  # e.g. an --img-size the architecture cannot take, no such weights
         raise OptionError(f"{config.arch} with --img-size {config.img_size}{' --pretrained' if config.pretrained else ''}: "
                           f"{e}") from None
@@ -325,7 +370,9 @@ def prepare_session(config: TrainConfig, rt: Runtime, run_dir: Path | None = Non
 
     optimizer = build_optimizer(model, config)
     scaler = torch.amp.GradScaler(rt.device.type, enabled=compute.precision == "fp16")
-    wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None) \
+    # A frozen backbone produces no gradients: DDP must not wait for them.
+    wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
+                                                  find_unused_parameters=config.freeze_epochs > 0) \
         if rt.distributed else model
     if config.compile:
         wrapped = compile_model(wrapped, rt)
@@ -376,7 +423,7 @@ def train_one_epoch(s: Session, epoch: int, stop: StopRequest, start_step: int =
     for step, (x, y) in enumerate(batches, start=start_step):
         lr = s.schedule.at((epoch - 1) * s.schedule.steps_per_epoch + step)
         for group in s.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         x = s.preprocess(x, train=True)
         with compute.autocast(rt.device):
             logits = s.model(x)
@@ -481,6 +528,11 @@ def _train_in(config: TrainConfig, rt: Runtime, script_defaults: dict, run_dir: 
                  "resuming" if resume else "training", config.arch, rt.device, len(s.spec.class_names),
                  len(s.data.train_idx), len(s.data.val_idx), s.spec.channels, config.img_size, config.img_size,
                  s.spec.compute, config.epochs, run_dir)
+        if config.pretrained or config.head_lr_mult != 1 or config.freeze_epochs:
+            log.info("fine-tuning: weights %s; normalisation with %s (mean %s, std %s); the classifier (%s) at %gx "
+                     "the learning rate; the backbone frozen for the first %d epoch(s)", config.pretrained or "random",
+                     norm_source(config), s.spec.mean, s.spec.std, head_name(config.arch), config.head_lr_mult,
+                     config.freeze_epochs)
     if start_epoch > config.epochs:
         log.info("the run already has %d epochs; raise --epochs to train longer", config.epochs)
     epoch = start_epoch - 1
@@ -493,6 +545,8 @@ def _train_in(config: TrainConfig, rt: Runtime, script_defaults: dict, run_dir: 
                         torch.cuda.set_rng_state(resume["training"]["cuda_rng"], rt.device)
                 else:  # each epoch's randomness depends only on (seed, epoch), so resuming repeats it
                     torch.manual_seed(config.seed * 100_003 + epoch * 1009 + rt.rank)
+                if config.freeze_epochs:
+                    freeze_backbone(s, frozen=epoch <= config.freeze_epochs)
                 result = train_one_epoch(s, epoch, stop, start_step, partial)
                 start_step, partial = 0, None
                 if result.stopped_at is not None:

@@ -6,7 +6,10 @@ https://arxiv.org/abs/1404.5997. For inputs under 128 pixels the 11x11 stride-4 
 shrink the image to almost nothing, so small inputs get a 3x3 stride-1 stem and two poolings.
 """
 import torch
+import torchvision
 from torch import nn
+
+from .weights import IMAGENET_MEAN, IMAGENET_STD, WeightsInfo, fit_weights, load_local_weights, weights_source
 
 
 def conv_relu(in_chs: int, out_chs: int, kernel: int, stride: int = 1,
@@ -66,15 +69,42 @@ class AlexNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def build_alexnet(num_classes: int, in_chans: int, img_size: int, pretrained: bool = False,
+WEIGHTS = WeightsInfo(IMAGENET_MEAN, IMAGENET_STD, classifier="head.7", first_conv="features.0")
+
+
+def _torchvision_key(key: str) -> str:
+    """torchvision's alexnet names its dense layers classifier.1/.4/.6; ours are head.2/.5/.7."""
+    for theirs, ours in (("classifier.1.", "head.2."), ("classifier.4.", "head.5."), ("classifier.6.", "head.7.")):
+        if key.startswith(theirs):
+            return ours + key[len(theirs):]
+    return key
+
+
+def build_alexnet(num_classes: int, in_chans: int, img_size: int, pretrained=False,
                   hidden: int | None = None, dropout: float = 0.5,
                   batch_norm: bool = False) -> nn.Module:
-    """Build AlexNet, picking the small-input variant when ``img_size < 128``."""
-    if pretrained:
-        raise ValueError("no pretrained weights exist for 'alexnet'; use pretrained=False")
+    """Build AlexNet, picking the small-input variant when ``img_size < 128``. ``pretrained`` (True/"imagenet"
+    downloads, a path reads a local copy) loads torchvision's ImageNet weights into the classic variant; the
+    small variant has a 3x3 stem, a 3x3 second conv and 1024-wide dense layers, so only 3 of its 8 layers
+    would match them: it has none."""
     small = img_size < 128  # the classic stem leaves a 64-96 px input at 1x1 before the 6x6 pooling
+    source = weights_source(pretrained)
+    if source is not None and (small or batch_norm or hidden not in (None, 4096)):
+        raise ValueError("no pretrained weights exist for 'alexnet' below 128 px (its small-image variant has "
+                         "other layers than the published AlexNet); use --img-size 128 or more, or no --pretrained")
     if hidden is None:
         # 4096 is the paper's width; 1024 keeps the small variant (~6M parameters) trainable on a CPU.
         hidden = 1024 if small else 4096
-    return AlexNet(num_classes, in_chans, small=small, hidden=hidden, dropout=dropout,
-                   batch_norm=batch_norm)
+    model = AlexNet(num_classes, in_chans, small=small, hidden=hidden, dropout=dropout, batch_norm=batch_norm)
+    if source == "imagenet":
+        weights = torchvision.models.AlexNet_Weights.IMAGENET1K_V1
+        try:
+            state = weights.get_state_dict(progress=False)
+        except OSError as err:
+            raise RuntimeError(f"could not fetch pretrained weights for alexnet (are you offline?) from {weights.url}; "
+                               "give a local copy with --pretrained FILE (README: fine-tuning offline), or train from "
+                               f"scratch. Cause: {err}") from err
+        fit_weights(model, {_torchvision_key(k): v for k, v in state.items()}, WEIGHTS, weights.url, "alexnet")
+    elif source is not None:
+        load_local_weights(model, source, WEIGHTS, "alexnet", rename=_torchvision_key)
+    return model

@@ -6,11 +6,15 @@ https://arxiv.org/abs/2106.04803).
 from torch import nn
 
 from .common import create_timm_model
+from .weights import timm_info
+
+WEIGHTS = timm_info("coatnet_0_rw_224")  # the published weights' normalisation, classifier and stem
 
 
-def build_coatnet(num_classes: int, in_chans: int, img_size: int, pretrained: bool = False,
+def build_coatnet(num_classes: int, in_chans: int, img_size: int, pretrained=False,
                   drop_rate: float = 0.0, drop_path_rate: float = 0.0) -> nn.Module:
-    """Build CoAtNet-0 for ``img_size``, from scratch unless ``pretrained``."""
+    """Build CoAtNet-0 for ``img_size``, from scratch unless ``pretrained`` (True/"imagenet": timm's
+    ImageNet weights, downloaded; a path: a local copy of them)."""
     if img_size % 32:
         # timm sizes the attention windows as img_size / 32; other sizes fail later with a shape error.
         raise ValueError(f"coatnet needs img_size divisible by 32, got {img_size}; "

@@ -9,19 +9,26 @@ import torchvision
 from timm.models import adapt_input_conv
 from torch import nn
 
+from .weights import IMAGENET_MEAN, IMAGENET_STD, WeightsInfo, load_local_weights, weights_source
 
-def build_resnet(num_classes: int, in_chans: int, img_size: int,
-                 pretrained: bool = False) -> nn.Module:
-    """Build ResNet-18; ``pretrained`` loads torchvision's ImageNet weights (all but the head,
-    and all but the stem conv for small inputs, whose 3x3 shape differs from the 7x7 weights)."""
+WEIGHTS = WeightsInfo(IMAGENET_MEAN, IMAGENET_STD, classifier="fc", first_conv="conv1")
+
+
+def build_resnet(num_classes: int, in_chans: int, img_size: int, pretrained=False) -> nn.Module:
+    """Build ResNet-18; ``pretrained`` True/"imagenet" loads torchvision's ImageNet weights, a path a local copy
+    (torchvision's or timm's resnet18 files): all but the head, and all but the stem conv for small inputs,
+    whose 3x3 shape differs from the 7x7 weights."""
     model = torchvision.models.resnet18(num_classes=num_classes)
     if img_size <= 64:
         model.conv1 = nn.Conv2d(in_chans, 64, 3, stride=1, padding=1, bias=False)
         model.maxpool = nn.Identity()
     elif in_chans != 3:
         model.conv1 = nn.Conv2d(in_chans, 64, 7, stride=2, padding=3, bias=False)
-    if pretrained:
+    source = weights_source(pretrained)
+    if source == "imagenet":
         load_imagenet_weights(model, in_chans)
+    elif source is not None:
+        load_local_weights(model, source, WEIGHTS, "resnet")
     return model
 
 
@@ -33,8 +40,8 @@ def load_imagenet_weights(model: nn.Module, in_chans: int) -> None:
     except OSError as err:  # URLError, ConnectionError, timeouts, an unwritable cache
         raise RuntimeError(
             f"could not fetch pretrained weights for resnet (are you offline?) from {weights.url}; "
-            "put the file in the torch hub cache ($TORCH_HOME/hub/checkpoints) or use "
-            f"pretrained=False. Cause: {err}") from err
+            "give a local copy with --pretrained FILE (README: fine-tuning offline), or train from scratch. "
+            f"Cause: {err}") from err
     del state_dict["fc.weight"], state_dict["fc.bias"]
     if model.conv1.weight.shape[2:] == state_dict["conv1.weight"].shape[2:]:
         state_dict["conv1.weight"] = adapt_input_conv(in_chans, state_dict["conv1.weight"])

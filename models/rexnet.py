@@ -6,11 +6,15 @@ https://arxiv.org/abs/2007.00992).
 from torch import nn
 
 from .common import create_timm_model
+from .weights import timm_info
+
+WEIGHTS = timm_info("rexnet_100")  # the published weights' normalisation, classifier and stem
 
 
-def build_rexnet(num_classes: int, in_chans: int, img_size: int, pretrained: bool = False,
+def build_rexnet(num_classes: int, in_chans: int, img_size: int, pretrained=False,
                  drop_rate: float = 0.2) -> nn.Module:
-    """Build ReXNet-1.0, from scratch unless ``pretrained`` (timm's ImageNet weights)."""
+    """Build ReXNet-1.0, from scratch unless ``pretrained`` (True/"imagenet": timm's ImageNet weights,
+    downloaded; a path: a local copy of them)."""
     model = create_timm_model("rexnet", "rexnet_100", pretrained, num_classes=num_classes,
                               in_chans=in_chans, drop_rate=drop_rate)
     if img_size < 64:
