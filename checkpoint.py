@@ -7,6 +7,7 @@ A checkpoint is a dict:
     model                    the weights that predict (the moving average with --ema)
     config                   the run's TrainConfig as a dict
     epoch, history, best_val_acc, best_epoch, train_time, val_files (relative to the data folder)
+    best_val_score           the best validation score by the run's metric (config "metric"); older: best_val_acc
     dataset_key              a fingerprint of the training files and labels (resuming on changed data is noticed)
     training (last.pt only)  what resuming needs: optimizer, scaler, step, partial, rng, cuda_rng, train_model
 """
@@ -62,13 +63,16 @@ class ModelSpec:
 
 def make_checkpoint(spec: ModelSpec, weights: dict, config: dict, epoch: int, history: list[dict],
                     best_val_acc: float, best_epoch: int, train_time: float, val_files: list[str],
-                    dataset_key: str | None = None, training: dict | None = None) -> dict:
+                    dataset_key: str | None = None, training: dict | None = None,
+                    best_val_score: float | None = None) -> dict:
     """A checkpoint in the current format; `training` (the resumable state) only in last.pt."""
     ckpt = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "spec": spec.to_dict(), "model": weights,
             "config": config, "epoch": epoch, "history": history, "best_val_acc": best_val_acc,
             "best_epoch": best_epoch, "train_time": train_time, "val_files": val_files}
     if dataset_key is not None:
         ckpt["dataset_key"] = dataset_key
+    if best_val_score is not None:
+        ckpt["best_val_score"] = best_val_score
     if training is not None:
         ckpt["training"] = training
     return ckpt

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from errors import DataError, OptionError
 from fileio import atomic_write_text
+from metrics import METRICS
 from models import MODELS
 
 
@@ -41,6 +42,18 @@ class TrainConfig:
     rotate: float = _opt(10.0, "random rotation up to this many degrees either way (0: off)")
     translate: int = _opt(0, "random shift up to this many pixels either way (0: off)")
     erase: float = _opt(0.0, "random erasing: probability of replacing a random rectangle of an image with noise")
+    mixup: float = _opt(0.0, "MixUp: blend each batch with itself reversed, by a weight ~ Beta(A, A) (e.g. 0.2; 0: off)")
+    cutmix: float = _opt(0.0, "CutMix: paste a box of each batch's reversed images, its area ~ Beta(A, A) (e.g. 1.0; "
+                              "0: off); with --mixup too, each batch takes one of the two")
+    balance: str = _opt("off", "class imbalance: 'sampler' draws each class equally often, 'loss' weighs each class's "
+                               "loss by its inverse frequency", choices=["off", "sampler", "loss"])
+    metric: str = _opt("accuracy", "the competition's metric, computed on the validation split every epoch: it "
+                                    "decides best.pt and --patience", choices=list(METRICS))
+    folds: int = _opt(0, "k-fold: train K runs NAME-f1..NAME-fK, each holding out one stratified fold (instead of "
+                         "--val-split), and collect their out-of-fold predictions in RUNS/NAME-oof.csv (0: off)")
+    fold: int = _opt(0, "with --folds: train only fold I (1..K)")
+    patience: int = _opt(0, "early stopping: end the run when the validation score has not improved for this many "
+                            "epochs (0: off)")
     ema: float = _opt(0.0, "keep an exponential moving average of the weights with this decay per step (e.g. 0.999; "
                            "0: off); it is what is evaluated and saved for prediction")
     normalize: bool = _opt(True, "normalise the images' channels to zero mean and unit std")
@@ -89,7 +102,7 @@ MIN_IMG_SIZE = 8
 
 # Flags that may differ from the saved run when resuming; any other flag must match it.
 RESUMABLE_CHANGES = {"epochs", "stop_at_epoch", "progress", "resume", "device", "runs_dir", "cache_dir", "compile",
-                     "allow_data_change"}
+                     "allow_data_change", "patience"}
 
 
 def build_parser(arch: str, defaults: dict) -> argparse.ArgumentParser:
@@ -176,11 +189,16 @@ def check_config(config: TrainConfig):
         if not 0 <= getattr(config, name) < 1:
             raise OptionError(f"{_flag(name)} must be in [0, 1), got {getattr(config, name)}")
     for name in ("translate", "rotate", "weight_decay", "grad_clip", "warmup_epochs", "stop_at_epoch", "seed",
-                 "freeze_epochs"):
+                 "freeze_epochs", "mixup", "cutmix", "patience", "folds", "fold"):
         if getattr(config, name) < 0:
             raise OptionError(f"{_flag(name)} cannot be negative, got {getattr(config, name)}")
     if config.lr <= 0:
         raise OptionError(f"--lr must be positive, got {config.lr}")
+    if config.folds == 1 or (config.folds and not config.fold <= config.folds):
+        raise OptionError(f"--folds must be 0 (off) or at least 2, and --fold between 1 and --folds; got --folds "
+                          f"{config.folds} --fold {config.fold}")
+    if config.fold and not config.folds:
+        raise OptionError("--fold I needs --folds K")
     if config.head_lr_mult <= 0:
         raise OptionError(f"--head-lr-mult must be positive, got {config.head_lr_mult}")
     if config.norm_stats == "weights" and not config.pretrained:

@@ -561,6 +561,20 @@ def images_per_chunk(pixels: np.ndarray, budget_bytes: int = 64 * 2**20) -> int:
     return max(1, budget_bytes // max(1, int(np.prod(pixels.shape[1:]))))
 
 
+def stratified_folds(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """The fold (0..folds-1) of each image: every class spread evenly over the folds; the same for the same seed."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng([seed, folds])
+    fold_of = np.empty(len(labels), dtype=np.int64)
+    offset = 0
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        rng.shuffle(idx)
+        fold_of[idx] = (np.arange(len(idx)) + offset) % folds
+        offset += len(idx)  # the next class starts where this one ended: the folds' sizes differ by one at most
+    return fold_of
+
+
 def channel_stats(pixels: np.ndarray, indices: np.ndarray, chunk: int | None = None) -> tuple[list[float], list[float]]:
     """Per-channel mean and std (in 0..1 units) of the images `indices`, summed exactly (integers) chunk by chunk."""
     c = pixels.shape[1]
@@ -579,26 +593,33 @@ def channel_stats(pixels: np.ndarray, indices: np.ndarray, chunk: int | None = N
 
 def batches(pixels: np.ndarray, labels: np.ndarray | None, indices: np.ndarray, batch_size: int,
             device: torch.device, shuffle: bool = False, seed: int = 0, epoch: int = 0, drop_last: bool = False,
-            start_step: int = 0, stop_step: int | None = None, rank: int = 0, world_size: int = 1):
+            start_step: int = 0, stop_step: int | None = None, rank: int = 0, world_size: int = 1,
+            balance: bool = False):
     """The one batch path of training, evaluation, prediction and the benchmarks: (uint8 images, labels)
     on `device`, gathered from the cached array by index on a background thread while the current batch is
     used (`iterate_batches` + `prefetch`). With `labels` None each batch's second item is its indices.
     `Preprocess` then turns the images into the model's input."""
     return prefetch(iterate_batches(pixels, labels, indices, batch_size, shuffle=shuffle, seed=seed, epoch=epoch,
                                     drop_last=drop_last, start_step=start_step, stop_step=stop_step, rank=rank,
-                                    world_size=world_size), device)
+                                    world_size=world_size, balance=balance), device)
 
 
 def iterate_batches(pixels: np.ndarray, labels: np.ndarray | None, indices: np.ndarray, batch_size: int,
                     shuffle: bool = False, seed: int = 0, epoch: int = 0, drop_last: bool = False,
-                    start_step: int = 0, stop_step: int | None = None, rank: int = 0, world_size: int = 1):
+                    start_step: int = 0, stop_step: int | None = None, rank: int = 0, world_size: int = 1,
+                    balance: bool = False):
     """Yield (uint8 images, labels) batches gathered from the cached array by index, steps
-    `start_step` up to `stop_step` (default: the whole epoch).
+    `start_step` up to `stop_step` (default: the whole epoch). With `balance` (and `shuffle`), an epoch draws
+    as many images as `indices` holds, with replacement, each class equally often on average.
 
     The order of an epoch depends only on (seed, epoch), so a resumed run sees the same batches. Each of
     `world_size` processes takes its share of every batch."""
     indices = np.asarray(indices)
-    if shuffle:
+    if shuffle and balance:
+        counts = np.bincount(labels[indices])
+        weights = 1.0 / counts[labels[indices]]
+        indices = np.random.default_rng([seed, epoch]).choice(indices, size=len(indices), p=weights / weights.sum())
+    elif shuffle:
         indices = np.random.default_rng([seed, epoch]).permutation(indices)
     n_steps = count_batches(len(indices), batch_size, drop_last)
     for step in range(start_step, n_steps if stop_step is None else min(stop_step, n_steps)):
@@ -697,6 +718,43 @@ class Augment:
         chosen = torch.rand(b, device=dev) < self.erase
         mask = in_y[:, :, None] & in_x[:, None, :] & chosen[:, None, None]
         return torch.where(mask[:, None], torch.rand_like(x), x)
+
+
+@dataclass
+class Mix:
+    """MixUp (Zhang et al., https://arxiv.org/abs/1710.09412) and CutMix (Yun et al.,
+    https://arxiv.org/abs/1905.04899) on whole batches on the device: each batch is blended with itself in
+    reverse order, by a weight lam ~ Beta(alpha, alpha) (MixUp: the pixels; CutMix: a box of area 1 - lam
+    pasted), and the targets become the same blend of the two one-hot labels. With both alphas set, each
+    batch takes one of the two at random."""
+    mixup: float = 0.0  # alpha of MixUp's Beta distribution (0: off)
+    cutmix: float = 0.0  # alpha of CutMix's (0: off)
+
+    @property
+    def active(self) -> bool:
+        return self.mixup > 0 or self.cutmix > 0
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(mixed images, soft targets (B, classes), the label that weighs most in each image's target)."""
+        # Drawn on the CPU: a decision read back from the GPU would wait for it every step.
+        use_cutmix = self.cutmix > 0 and (self.mixup <= 0 or bool(torch.rand(()) < 0.5))
+        alpha = self.cutmix if use_cutmix else self.mixup
+        lam = float(torch.distributions.Beta(alpha, alpha).sample())
+        other = x.flip(0)
+        if use_cutmix:
+            h, w = x.shape[2:]
+            cut_h, cut_w = int(h * math.sqrt(1 - lam)), int(w * math.sqrt(1 - lam))
+            cy, cx = int(torch.randint(h, ())), int(torch.randint(w, ()))
+            y0, y1 = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, h)
+            x0, x1 = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, w)
+            x = x.clone()
+            x[:, :, y0:y1, x0:x1] = other[:, :, y0:y1, x0:x1]
+            lam = 1 - (y1 - y0) * (x1 - x0) / (h * w)  # the box as clipped at the border
+        else:
+            x = x * lam + other * (1 - lam)
+        one_hot = F.one_hot(y, num_classes).to(x.dtype)
+        targets = one_hot * lam + one_hot.flip(0) * (1 - lam)
+        return x, targets, y if lam >= 0.5 else y.flip(0)
 
 
 def to_float(x: torch.Tensor) -> torch.Tensor:

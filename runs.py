@@ -26,7 +26,9 @@ from fileio import atomic_write, atomic_write_text
 
 log = logging.getLogger("imgcomp")
 
-METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_s"]
+# val_score: the run's --metric on the validation split (equal to val_acc for accuracy)
+METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_s",
+                  "val_score"]
 
 
 def write_metrics(path: Path, history: list[dict]):
@@ -44,8 +46,9 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 def plot_curves(run_dir: Path) -> Path:
-    """Draw a run's curves.png, loss and accuracy (train and validation), from its metrics.csv (and its
-    config.json for the title and what the training loss includes)."""
+    """Draw a run's curves.png, loss and accuracy (train and validation), and the validation score when the run's
+    metric is not accuracy, from its metrics.csv (and its config.json for the title, the metric and what the
+    training loss includes)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -56,7 +59,17 @@ def plot_curves(run_dir: Path) -> Path:
     config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else {}
     smoothing = config.get("label_smoothing", 0.0)
     epochs = [r["epoch"] for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    metric = config.get("metric", "accuracy")
+    with_score = metric != "accuracy" and any(not math.isnan(r.get("val_score", math.nan)) for r in rows)
+    fig, axes = plt.subplots(1, 3 if with_score else 2, figsize=(15 if with_score else 10, 4))
+    if with_score:
+        axes[2].plot(epochs, [r["val_score"] for r in rows], "o-", color="C1", label="validation", markersize=3)
+        axes[2].set_ylabel(metric.replace("_", " "))
+    for ax in axes[2:]:
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend()
     for ax, what in zip(axes, ("loss", "acc")):
         # The training loss is the objective: with label smoothing it cannot fall to the validation loss.
         label = f"train (with label smoothing {smoothing:g})" if what == "loss" and smoothing else "train"
@@ -75,8 +88,31 @@ def plot_curves(run_dir: Path) -> Path:
     return run_dir / "curves.png"
 
 
+def write_predictions(path: Path, files: list[str], labels: list[str], probs, class_names: list[str]):
+    """Class probabilities of labelled images (a run's validation split at its best epoch, or out-of-fold
+    predictions): one row per image, its file (relative to the data folder), its label, one column per class."""
+    def write(tmp):
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["file", "label", *class_names])
+            for file, label, row in zip(files, labels, probs):
+                w.writerow([file, label, *(f"{v:.6f}" for v in row)])
+    atomic_write(path, write)
+
+
+def read_predictions(path: Path) -> tuple[list[str], list[str], list[str], list[list[float]]]:
+    """(files, labels, class names, probabilities) of a file written by `write_predictions`."""
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    if not rows or rows[0][:2] != ["file", "label"]:
+        raise DataError(f"{path}: not a predictions file (header file,label,<classes>...)")
+    return ([r[0] for r in rows[1:]], [r[1] for r in rows[1:]], rows[0][2:],
+            [[float(v) for v in r[2:]] for r in rows[1:]])
+
+
 TABLE_COLUMNS = [("run", "run"), ("arch", "architecture"), ("epochs", "epochs"), ("batch_size", "batch size"),
-                 ("img_size", "image size"), ("best_val_acc", "best val acc"), ("test_acc", "test acc"),
+                 ("img_size", "image size"), ("best_val_acc", "best val acc"), ("metric", "metric"),
+                 ("best_val_score", "best val score"), ("test_acc", "test acc"),
                  ("test_acc_tta", "test acc TTA"), ("train_time", "training time"), ("images_per_s", "images/s"),
                  ("mode", "precision"), ("status", "status")]
 
@@ -149,7 +185,9 @@ def runs_table(runs_dir: str | Path, commands: bool = False) -> str:
             "run": info.get("name", info_path.parent.name), "arch": info["arch"],
             "epochs": f"{info.get('epochs_done', 0)}/{info.get('epochs', '?')}",
             "batch_size": info.get("batch_size", ""), "img_size": info.get("img_size", ""),
-            "best_val_acc": pct(info.get("best_val_acc")), "test_acc": pct(info.get("test_acc")),
+            "best_val_acc": pct(info.get("best_val_acc")), "metric": info.get("metric", "accuracy"),
+            "best_val_score": _score(info.get("best_val_score", info.get("best_val_acc"))),
+            "test_acc": pct(info.get("test_acc")),
             "test_acc_tta": pct(info.get("test_acc_tta")),
             "train_time": duration(info.get("train_time") or 0),
             "images_per_s": f"{info['images_per_s']:.0f}" if info.get("images_per_s") else "",
@@ -178,6 +216,10 @@ def write_table_into(path: Path, table: str):
     if start < 0 or end < start:
         raise DataError(f"{path} has no '{TABLE_START}' ... '{TABLE_END}' markers to put the table between")
     atomic_write_text(path, text[:start + len(TABLE_START)] + "\n" + table + text[end:])
+
+
+def _score(value) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
 
 
 def pct(value) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import json
 import logging
 import math
 import os
@@ -29,10 +30,12 @@ from torch import nn
 from tqdm import tqdm
 
 import data
+import metrics
 import runs
 from checkpoint import ModelSpec, init_from_checkpoint, load_checkpoint, make_checkpoint, save_checkpoint
 from config import TrainConfig, parse_config, save_config
 from errors import DataError, OptionError, SetupError, UsageError
+from fileio import atomic_write_text
 from models import WEIGHTS, WeightsError, build_model, head_name
 from runtime import (ComputeFormat, Runtime, all_reduce, any_process, choose_format, compile_model,
                      setup_runtime)
@@ -123,8 +126,9 @@ class TrainData:
 class Progress:
     """What a run has done so far; saved in its checkpoints and restored on resuming."""
     history: list[dict] = field(default_factory=list)  # the rows of metrics.csv
-    best_val_acc: float = -1.0
-    best_epoch: int = 0
+    best_val_acc: float = -1.0  # the validation accuracy at the best epoch
+    best_epoch: int = 0  # the epoch with the best validation score (by --metric); 0: none yet
+    best_val_score: float = math.nan
     train_time: float = 0.0  # seconds of finished epochs
 
 
@@ -162,6 +166,8 @@ class Session:
     scaler: torch.amp.GradScaler
     preprocess: data.Preprocess  # with the training augmentation
     schedule: LRSchedule
+    loss_fn: nn.Module  # cross-entropy with --label-smoothing and --balance loss's class weights
+    mix: data.Mix  # --mixup / --cutmix
     ema: EMA | None = None
     progress: Progress = field(default_factory=Progress)
     dataset_key: str = ""  # fingerprint of the training files and labels (`dataset_key`)
@@ -185,7 +191,7 @@ class Session:
         return make_checkpoint(self.spec, self.eval_model.state_dict(), dataclasses.asdict(self.config), epoch,
                                p.history, p.best_val_acc, p.best_epoch, p.train_time,
                                [_rel(self.data.files[i], self.config.data) for i in self.data.val_idx],
-                               self.dataset_key, training)
+                               self.dataset_key, training, p.best_val_score)
 
 
 def _rel(path: Path, root: str) -> str:
@@ -256,7 +262,11 @@ def load_train_data(config: TrainConfig, rt: Runtime, run_dir: Path) -> TrainDat
         dist.barrier()
     if images.bad and not config.skip_bad:
         images.raise_if_bad()
-    train_idx, val_idx = data.stratified_split(found.labels, config.val_split, config.seed)
+    if config.folds:
+        holds_out = data.stratified_folds(found.labels, config.folds, config.seed) == config.fold - 1
+        train_idx, val_idx = np.flatnonzero(~holds_out), np.flatnonzero(holds_out)
+    else:
+        train_idx, val_idx = data.stratified_split(found.labels, config.val_split, config.seed)
     if images.bad:
         train_idx = np.setdiff1d(train_idx, list(images.bad))
         val_idx = np.setdiff1d(val_idx, list(images.bad))
@@ -297,6 +307,14 @@ def normalization(config: TrainConfig, train_data: TrainData, channels: int) -> 
             mean, std = [statistics.fmean(mean)], [statistics.fmean(std)]
         return mean, std
     return data.channel_stats(train_data.pixels, train_data.train_idx)
+
+
+def class_weights(train_data: TrainData, device: torch.device) -> torch.Tensor:
+    """--balance loss: each class's loss weighed by its inverse frequency among the training images, scaled so
+    that an image weighs 1 on average."""
+    counts = np.bincount(train_data.labels[train_data.train_idx], minlength=len(train_data.class_names))
+    weights = len(train_data.train_idx) / (len(counts) * np.maximum(counts, 1))
+    return torch.tensor(weights, dtype=torch.float32, device=device)
 
 
 def freeze_backbone(s: Session, frozen: bool):
@@ -384,13 +402,18 @@ def prepare_session(config: TrainConfig, rt: Runtime, run_dir: Path | None = Non
                           config.warmup_epochs)
     s = Session(config, rt, run_dir, train_data, spec, wrapped, model, optimizer, scaler,
                 data.Preprocess(mean, std, augment, compute.memory_format), schedule,
+                nn.CrossEntropyLoss(weight=class_weights(train_data, rt.device) if config.balance == "loss" else None,
+                                    label_smoothing=config.label_smoothing),
+                data.Mix(config.mixup, config.cutmix),
                 EMA(model, config.ema) if config.ema else None, dataset_key=dataset_key(train_data, config.data))
     if resume:
         if s.ema:
             s.ema.model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["training"]["optimizer"])
         scaler.load_state_dict(resume["training"]["scaler"])
-        s.progress = Progress(resume["history"], resume["best_val_acc"], resume["best_epoch"], resume["train_time"])
+        s.progress = Progress(history=resume["history"], best_val_acc=resume["best_val_acc"],
+                              best_epoch=resume["best_epoch"], train_time=resume["train_time"],
+                              best_val_score=resume.get("best_val_score", resume["best_val_acc"]))
     return s, resume, choice
 
 
@@ -413,11 +436,10 @@ def train_one_epoch(s: Session, epoch: int, stop: StopRequest, start_step: int =
     seconds = partial["seconds"] if partial else 0.0
     batches = data.batches(s.data.pixels, s.data.labels, s.data.train_idx, cfg.batch_size, rt.device, shuffle=True,
                            seed=cfg.seed, epoch=epoch, drop_last=True, start_step=start_step, stop_step=steps,
-                           rank=rt.rank, world_size=rt.world_size)
+                           rank=rt.rank, world_size=rt.world_size, balance=cfg.balance == "sampler")
     bar = tqdm(total=steps, initial=start_step, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch",
                disable=not (rt.is_main and cfg.progress), leave=False, dynamic_ncols=True)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    compute = s.spec.compute
+    compute, classes = s.spec.compute, len(s.spec.class_names)
     start = time.perf_counter()
     lr = s.optimizer.param_groups[0]["lr"]
     for step, (x, y) in enumerate(batches, start=start_step):
@@ -425,9 +447,12 @@ def train_one_epoch(s: Session, epoch: int, stop: StopRequest, start_step: int =
         for group in s.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         x = s.preprocess(x, train=True)
+        targets = y
+        if s.mix.active:  # soft targets; accuracy counts the label that weighs most in each mixed image
+            x, targets, y = s.mix(x, y, classes)
         with compute.autocast(rt.device):
             logits = s.model(x)
-            loss = loss_fn(logits, y)
+            loss = s.loss_fn(logits, targets)
         s.scaler.scale(loss).backward()
         if cfg.grad_clip > 0:
             s.scaler.unscale_(s.optimizer)
@@ -461,22 +486,38 @@ def train_one_epoch(s: Session, epoch: int, stop: StopRequest, start_step: int =
 
 @torch.no_grad()
 def evaluate(s: Session, indices: np.ndarray) -> dict:
-    """Loss and accuracy on `indices` (no augmentation), summed over all processes."""
+    """Loss, accuracy and the --metric's score on `indices` (no augmentation), over all processes; and the
+    class probabilities of those images, in the order of `indices` sorted ("indices", "probs")."""
     if len(indices) == 0:
-        return {"loss": math.nan, "acc": math.nan}
+        return {"loss": math.nan, "acc": math.nan, "score": math.nan}
     model = s.eval_model.eval()
-    sums = torch.zeros(3, dtype=torch.float64, device=s.rt.device)
-    for x, y in data.batches(s.data.pixels, s.data.labels, indices, s.config.batch_size * 2, s.rt.device,
-                             rank=s.rt.rank, world_size=s.rt.world_size):
-        if len(y) == 0:
+    device = s.rt.device
+    labels = torch.from_numpy(s.data.labels).to(device)
+    sums = torch.zeros(3, dtype=torch.float64, device=device)
+    seen_idx, seen_probs = [], []
+    for x, idx in data.batches(s.data.pixels, None, indices, s.config.batch_size * 2, device,
+                               rank=s.rt.rank, world_size=s.rt.world_size):
+        if len(idx) == 0:
             continue
-        with s.spec.compute.autocast(s.rt.device):
-            logits = model(s.preprocess(x))  # no DDP forward: ranks may have uneven batches
-        sums += torch.stack([torch.nn.functional.cross_entropy(logits.float(), y, reduction="sum").double(),
+        y = labels[idx]
+        with s.spec.compute.autocast(device):
+            logits = model(s.preprocess(x)).float()  # no DDP forward: ranks may have uneven batches
+        sums += torch.stack([torch.nn.functional.cross_entropy(logits, y, reduction="sum").double(),
                              (logits.argmax(1) == y).sum().double(),
-                             torch.tensor(float(len(y)), dtype=torch.float64, device=s.rt.device)])
+                             torch.tensor(float(len(y)), dtype=torch.float64, device=device)])
+        seen_idx.append(idx)
+        seen_probs.append(logits.softmax(1))
     loss_sum, correct, seen = all_reduce(sums.tolist(), s.rt)
-    return {"loss": loss_sum / seen, "acc": correct / seen}
+    idx = torch.cat(seen_idx).cpu().numpy() if seen_idx else np.zeros(0, np.int64)
+    probs = torch.cat(seen_probs).double().cpu().numpy() if seen_probs else np.zeros((0, len(s.spec.class_names)))
+    if s.rt.distributed:
+        parts = [None] * s.rt.world_size
+        dist.all_gather_object(parts, (idx, probs))
+        idx, probs = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    order = np.argsort(idx)
+    idx, probs = idx[order], probs[order]
+    return {"loss": loss_sum / seen, "acc": correct / seen, "indices": idx, "probs": probs,
+            "score": metrics.score(s.config.metric, probs, s.data.labels[idx]) if np.isfinite(probs).all() else math.nan}
 
 
 def train(config: TrainConfig, script_defaults: dict | None = None) -> Path:
@@ -521,7 +562,7 @@ def _train_in(config: TrainConfig, rt: Runtime, script_defaults: dict, run_dir: 
         runs.update_run_info(run_dir, name=run_dir.name, arch=config.arch, epochs=config.epochs,
                              epochs_done=start_epoch - 1, batch_size=config.batch_size, img_size=config.img_size,
                              mode=str(s.spec.compute), status="running",
-                             best_val_acc=progress.best_val_acc if progress.best_epoch else None,
+                             best_val_acc=progress.best_val_acc if progress.best_epoch else None, metric=config.metric,
                              train_time=progress.train_time, script_defaults=script_defaults,
                              **({"mode_choice": choice} if choice else {}))
         log.info("%s: %s on %s, %d classes, %d train / %d val images of %dx%dx%d, %s, %d epochs -> %s",
@@ -570,25 +611,41 @@ def _train_in(config: TrainConfig, rt: Runtime, script_defaults: dict, run_dir: 
                 progress.train_time += result.seconds
                 row = {"epoch": epoch, "train_loss": result.loss, "train_acc": result.acc, "val_loss": val["loss"],
                        "val_acc": val["acc"], "lr": result.lr, "seconds": result.seconds,
-                       "images_per_s": result.seen / max(result.seconds, 1e-9)}
+                       "images_per_s": result.seen / max(result.seconds, 1e-9), "val_score": val["score"]}
                 progress.history.append({k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()})
                 has_val = len(s.data.val_idx) > 0
-                improved = not has_val or val["acc"] > progress.best_val_acc
+                improved = not has_val or progress.best_epoch == 0 or \
+                    metrics.better(config.metric, val["score"], progress.best_val_score)
                 if improved:
                     progress.best_val_acc, progress.best_epoch = (val["acc"] if has_val else math.nan), epoch
+                    progress.best_val_score = val["score"] if has_val else math.nan
                 if rt.is_main:
                     save_checkpoint(run_dir / "last.pt", s.checkpoint(epoch))
                     if improved:
                         save_checkpoint(run_dir / "best.pt", s.checkpoint(epoch, resumable=False))
+                        if has_val:  # the best epoch's validation predictions: for ensembles and out-of-fold scores
+                            runs.write_predictions(run_dir / "val_predictions.csv",
+                                                   [_rel(s.data.files[i], config.data) for i in val["indices"]],
+                                                   [s.spec.class_names[s.data.labels[i]] for i in val["indices"]],
+                                                   val["probs"], s.spec.class_names)
                     runs.write_metrics(run_dir / "metrics.csv", progress.history)
                     runs.plot_curves(run_dir)
                     runs.update_run_info(run_dir, epochs_done=epoch, best_val_acc=progress.best_val_acc,
+                                         best_val_score=progress.best_val_score, metric=config.metric,
                                          best_epoch=progress.best_epoch, train_time=progress.train_time,
                                          # the median epoch: one epoch slowed by other work on the machine does not set it
                                          images_per_s=statistics.median(r["images_per_s"] for r in progress.history))
-                    log.info("epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  lr %.2e  %.1fs  %.0f img/s%s",
+                    log.info("epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f%s  lr %.2e  %.1fs  %.0f img/s%s",
                              epoch, config.epochs, row["train_loss"], row["train_acc"], row["val_loss"], row["val_acc"],
+                             "" if config.metric == "accuracy" else f" {config.metric} {val['score']:.4f}",
                              row["lr"], row["seconds"], row["images_per_s"], "  *best*" if improved and has_val else "")
+                if config.patience and has_val and epoch < config.epochs and epoch - progress.best_epoch >= config.patience:
+                    if rt.is_main:
+                        runs.update_run_info(run_dir, status=f"stopped early: no better validation score in "
+                                                             f"{config.patience} epochs")
+                        log.info("early stopping after epoch %d: the best validation score was at epoch %d; best.pt "
+                                 "holds it", epoch, progress.best_epoch)
+                    return run_dir
                 if epoch < config.epochs and (epoch == config.stop_at_epoch or any_process(stop.requested, rt)):
                     if rt.is_main:
                         runs.update_run_info(run_dir, status="paused" if epoch == config.stop_at_epoch else "interrupted")
@@ -602,15 +659,80 @@ def _train_in(config: TrainConfig, rt: Runtime, script_defaults: dict, run_dir: 
             raise DataError(f"{e}: stopping ({kept}). Try a lower --lr, --grad-clip 1, or --precision fp32.") from None
     if rt.is_main:
         runs.update_run_info(run_dir, status="finished")
-        log.info("done: best val acc %s at epoch %d; %s", runs.pct(progress.best_val_acc) or "n/a (no validation split)",
+        log.info("done: best val %s %s at epoch %d; %s", config.metric,
+                 f"{progress.best_val_score:.4f}" if len(s.data.val_idx) else "n/a (no validation split)",
                  progress.best_epoch, run_dir)
     return run_dir
 
 
-def main(arch: str, argv=None, **defaults) -> Path | None:
-    """Entry point of each train_<arch>.py: parse flags over the script's defaults and train."""
+def train_folds(config: TrainConfig, script_defaults: dict | None = None) -> Path:
+    """--folds K: train (or resume, or skip when done) the runs NAME-f1..NAME-fK, each holding out its fold, then
+    collect their out-of-fold predictions in RUNS/NAME-oof.csv and print the out-of-fold score. Running the same
+    command again resumes where it stopped. Returns the out-of-fold file."""
+    rt = setup_runtime(config.device)
+    logging.basicConfig(level=logging.INFO if rt.is_main else logging.WARNING, format="%(message)s", stream=sys.stdout,
+                        force=True)
+    base = config.name or f"{config.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
-        return train(parse_config(arch, defaults, argv), defaults)
+        for fold in range(1, config.folds + 1):
+            run_dir = Path(config.runs_dir) / f"{base}-f{fold}"
+            info = runs.read_run_info(run_dir) or {}
+            status = str(info.get("status", ""))
+            if status.startswith("stopped early") or (status == "finished" and info.get("epochs_done") == config.epochs):
+                log.info("fold %d/%d: %s is done (%s)", fold, config.folds, run_dir, info["status"])
+                continue
+            resume = str(run_dir) if (run_dir / "last.pt").is_file() else ""
+            log.info("fold %d/%d: %s %s", fold, config.folds, "resuming" if resume else "training", run_dir)
+            _train(dataclasses.replace(config, fold=fold, name=f"{base}-f{fold}", resume=resume), rt,
+                   script_defaults or {})
+        if rt.is_main:
+            return collect_out_of_fold(Path(config.runs_dir), base, config.folds, config.metric)
+        return Path(config.runs_dir) / f"{base}-oof.csv"
+    finally:
+        if rt.distributed:
+            dist.destroy_process_group()
+
+
+def collect_out_of_fold(runs_dir: Path, base: str, folds: int, metric: str) -> Path:
+    """The folds' validation predictions (each at its best epoch) in one file, RUNS/BASE-oof.csv, sorted by file,
+    every training image exactly once; its score is printed and recorded in RUNS/BASE-oof.json."""
+    files, labels, probs, names = [], [], [], None
+    for fold in range(1, folds + 1):
+        path = runs_dir / f"{base}-f{fold}" / "val_predictions.csv"
+        if not path.is_file():
+            raise DataError(f"fold {fold} has no validation predictions ({path}): train it first")
+        f, l, n, p = runs.read_predictions(path)
+        if names is not None and n != names:
+            raise DataError(f"{path}: other classes than fold 1's")
+        names = n
+        files += f
+        labels += l
+        probs += p
+    if len(set(files)) != len(files):
+        raise DataError(f"the folds of {base} hold out overlapping images: were they trained with different --seed?")
+    order = sorted(range(len(files)), key=lambda i: data.natural_key(files[i]))
+    files, labels, probs = [files[i] for i in order], [labels[i] for i in order], np.array([probs[i] for i in order])
+    out = runs_dir / f"{base}-oof.csv"
+    runs.write_predictions(out, files, labels, probs, names)
+    index = {name: i for i, name in enumerate(names)}
+    oof = metrics.score(metric, probs, np.array([index[label] for label in labels]))
+    atomic_write_text(runs_dir / f"{base}-oof.json", json.dumps({"metric": metric, "score": oof, "folds": folds,
+                                                                "images": len(files)}, indent=2))
+    print(f"out-of-fold {metric}: {oof:.4f} over {len(files)} images ({folds} folds) -> {out}")
+    return out
+
+
+def main(arch: str, argv=None, **defaults) -> Path | None:
+    """Entry point of each train_<arch>.py: parse flags over the script's defaults and train (every fold with
+    --folds K)."""
+    try:
+        config = parse_config(arch, defaults, argv)
+        if config.folds and not config.fold and not config.resume:
+            return train_folds(config, defaults)
+        if config.fold and not config.resume:  # one fold: named as --folds names it
+            base = config.name or f"{arch}-{time.strftime('%Y%m%d-%H%M%S')}"
+            config.name = f"{base}-f{config.fold}"
+        return train(config, defaults)
     except UsageError as e:
         sys.exit(f"error: {e}")
 
