@@ -5,6 +5,8 @@ model on labelled data. Everything about a model comes from its checkpoint; imag
     python predict.py runs/cnn --data data/fashion-mnist --solution data/fashion-mnist/solution.csv
                                           # ... and print its accuracy (one model's is saved as its run's test acc)
     python predict.py runs/cnn runs/resnet --data DIR --tta --probs probs.csv   # ensemble, flip TTA, probabilities
+    python predict.py runs/cnn runs/resnet --data DIR --metric macro_f1         # weights fitted for macro F1
+    python predict.py runs/cnn runs/resnet --data DIR --weights equal           # the plain average
     python predict.py runs/cnn --data DIR --eval                                # check on the run's validation split
     python predict.py runs/cnn --data DIR --eval --solution DIR/solution.csv    # check on the labelled test set
 
@@ -13,6 +15,13 @@ their order (ids with or without the file extension); without one it lists every
 order under the header `id,label`. --eval writes no submission: it prints accuracy and per-class
 precision/recall and saves confusion_matrix.png and wrong.png (the most confidently wrong images) in the run
 folder of the first checkpoint.
+
+An ensemble's members are weighted for the competition's metric (--metric; default: the metric the first
+checkpoint's run was trained for) on the validation images they all held out: fitted weights where they
+clearly beat the simpler choice, else equal weights when these score at least the best member, else the best
+member alone; never below the best member there. A table shows each member's score and weight, and why.
+Members trained on other splits (or with --val-split 0) get equal weights, with a warning; so does
+--weights equal. --solution prints the submission's accuracy and, when the metric is another, the metric.
 """
 from __future__ import annotations
 
@@ -31,6 +40,7 @@ import torch
 from torch import nn
 
 import data
+import metrics
 from checkpoint import ModelSpec, load_checkpoint, model_from_checkpoint, read_spec
 from errors import DataError, UsageError
 from fileio import atomic_write
@@ -40,6 +50,7 @@ from runtime import setup_runtime
 log = logging.getLogger("imgcomp")
 
 DEFAULT_HEADER = ["id", "label"]
+TEST_IMAGES_HINT = "every test image needs a prediction: replace or fix them"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -154,11 +165,11 @@ class ImageCache:
         self.cache_dir, self.progress = cache_dir, progress
         self.arrays: dict[tuple, data.ImageArray] = {}
 
-    def pixels(self, files: list[Path], img_size: int, channels: int) -> np.ndarray:
+    def pixels(self, files: list[Path], img_size: int, channels: int, hint: str = TEST_IMAGES_HINT) -> np.ndarray:
         key = (tuple(files), img_size, channels)
         if key not in self.arrays:
             images = data.load_images(files, img_size, channels, self.cache_dir, progress=self.progress)
-            images.raise_if_bad("every test image needs a prediction: replace or fix them")
+            images.raise_if_bad(hint)
             self.arrays[key] = images
         return self.arrays[key].pixels
 
@@ -183,15 +194,25 @@ def model_probs(p: Predictor, pixels: np.ndarray, device: torch.device, batch_si
     return out
 
 
+def member_probs(predictors: list[Predictor], files: list[Path], images: ImageCache, device: torch.device,
+                 batch_size: int, tta: bool, hint: str = TEST_IMAGES_HINT) -> list[np.ndarray]:
+    """Each model's probabilities for `files`, each model at its own image size and channels."""
+    return [model_probs(p, images.pixels(files, p.spec.img_size, p.spec.channels, hint), device, batch_size, tta)
+            for p in predictors]
+
+
+def blend(probs: list[np.ndarray], weights: np.ndarray) -> np.ndarray:
+    """The weighted mean of the members' probabilities (weights sum to 1)."""
+    return sum(w * p for w, p in zip(weights, probs) if w > 0)
+
+
 def predict_probs(predictors: list[Predictor], files: list[Path], images: ImageCache, device: torch.device,
-                  batch_size: int, tta: bool) -> np.ndarray:
-    """The ensemble's probabilities for `files`: the mean of each model's softmax, each model at its own
-    image size and channels."""
-    total = np.zeros((len(files), len(predictors[0].class_names)), dtype=np.float64)
-    for p in predictors:
-        pixels = images.pixels(files, p.spec.img_size, p.spec.channels)
-        total += model_probs(p, pixels, device, batch_size, tta)
-    return total / len(predictors)
+                  batch_size: int, tta: bool, weights: np.ndarray | None = None) -> np.ndarray:
+    """The ensemble's probabilities for `files`: the weighted mean of each model's softmax (equal weights by
+    default), each model at its own image size and channels; a model of weight 0 is not run."""
+    weights = equal_weights(len(predictors)) if weights is None else np.asarray(weights, dtype=np.float64)
+    used = [(p, w) for p, w in zip(predictors, weights) if w > 0]
+    return blend(member_probs([p for p, _ in used], files, images, device, batch_size, tta), [w for _, w in used])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -269,23 +290,36 @@ def score(submission_csv: str | Path, solution_csv: str | Path) -> float:
 # Checking a model on labelled data
 # ----------------------------------------------------------------------------------------------
 
+def shared_val_files(checkpoints: list[dict]) -> list[str]:
+    """The validation images (paths relative to the data folder) that every checkpoint held out, in the first
+    one's order: all of them when the runs share one split (same data, --seed and --val-split), else those
+    they have in common when there are at least MIN_SHARED_IMAGES; otherwise none."""
+    held_out = [set(c["val_files"]) for c in checkpoints]
+    common = set.intersection(*held_out)
+    if all(s == common for s in held_out) or len(common) >= MIN_SHARED_IMAGES:
+        return [rel for rel in checkpoints[0]["val_files"] if rel in common]
+    return []
+
+
 def validation_images(predictors: list[Predictor], data_dir: Path) -> tuple[list[Path], np.ndarray]:
-    """The files and labels of the run's validation split (the same split for every checkpoint)."""
+    """The files and labels of the validation images every checkpoint held out (`shared_val_files`), read
+    from the training images of `data_dir`."""
     first = predictors[0].checkpoint
-    for p in predictors[1:]:
-        if p.checkpoint["val_files"] != first["val_files"]:
-            raise DataError(f"{predictors[0].path} and {p.path} hold out different validation images: "
-                            "evaluate the ensemble with --solution FILE instead")
-    if not first["val_files"]:
-        raise DataError(f"{predictors[0].path} was trained without a validation split: use --solution FILE")
+    shared = shared_val_files([p.checkpoint for p in predictors])
+    if not shared:
+        without = [str(p.path) for p in predictors if not p.checkpoint["val_files"]]
+        if without:
+            raise DataError(f"{', '.join(without)} trained without a validation split (--val-split 0)")
+        raise DataError(f"{' and '.join(str(p.path) for p in predictors)} hold out different validation images "
+                        f"(other --seed, --val-split or data?), fewer than {MIN_SHARED_IMAGES} of them in common")
     config = first["config"]
     found = data.find_labelled_images(data_dir, config.get("id_col") or None, config.get("label_col") or None)
     by_rel = {Path(os.path.relpath(f, data_dir)).as_posix(): i for i, f in enumerate(found.files)}
-    missing = [rel for rel in first["val_files"] if rel not in by_rel]
+    missing = [rel for rel in shared if rel not in by_rel]
     if missing:
         raise DataError(f"{len(missing)} validation image(s) of {predictors[0].path} are not training images of "
                         f"{data_dir} (trained on {config.get('data')!r}?):{data.listing(missing)}")
-    rows = [by_rel[rel] for rel in first["val_files"]]
+    rows = [by_rel[rel] for rel in shared]
     names = [found.class_names[found.labels[i]] for i in rows]
     return [found.files[i] for i in rows], label_indices(names, predictors[0].class_names, f"{data_dir}")
 
@@ -324,10 +358,12 @@ def evaluate_labels(probs: np.ndarray, labels: np.ndarray, class_names: list[str
 
 
 def format_report(result: dict, class_names: list[str], what: str) -> str:
-    """Accuracy, then one line of precision, recall and support per class."""
+    """Accuracy (and the metric, when it is another), then one line of precision, recall and support per class."""
     width = max(12, *(len(n) for n in class_names))
-    lines = [f"accuracy {result['accuracy']:.4f} on {int(result['support'].sum())} images ({what})",
-             f"{'class':<{width}}  precision  recall  support"]
+    lines = [f"accuracy {result['accuracy']:.4f} on {int(result['support'].sum())} images ({what})"]
+    if result.get("metric", "accuracy") != "accuracy":
+        lines.append(f"{result['metric']} {result['score']:.4f}")
+    lines.append(f"{'class':<{width}}  precision  recall  support")
     for name, p, r, s in zip(class_names, result["precision"], result["recall"], result["support"]):
         lines.append(f"{name:<{width}}  {_number(p):>9}  {_number(r):>6}  {s:7d}")
     return "\n".join(lines)
@@ -398,6 +434,208 @@ def plot_wrong(pixels: np.ndarray, probs: np.ndarray, labels: np.ndarray, class_
 
 
 # ----------------------------------------------------------------------------------------------
+# Ensemble weights
+# ----------------------------------------------------------------------------------------------
+
+# Thresholds of `choose_weights` (its docstring says why each is what it is).
+MIN_SHARED_IMAGES = 50
+MIN_FIT_IMAGES = 200
+MAX_FIT_STEPS = 20
+MIX_SHARES = (1 / 2, 1 / 3, 1 / 5, 1 / 10)
+BOOTSTRAP_RESAMPLES = 500
+BOOTSTRAP_CONFIDENCE = 0.9
+
+
+@dataclass
+class Weighting:
+    """The members' weights in the ensemble and how they were chosen. `choice` is "single", "equal",
+    "best member" or "fitted"; `reason` says why, for people; `warning` is set when the weights could not be
+    fitted. The scores are on the `n_val` shared validation images, for `metric` (None where not measured)."""
+    weights: np.ndarray
+    choice: str
+    reason: str
+    metric: str
+    n_val: int = 0
+    member_scores: list[float] | None = None
+    score: float | None = None
+    warning: str = ""
+
+
+def equal_weights(n: int) -> np.ndarray:
+    return np.full(n, 1.0 / n)
+
+
+def _best_index(metric: str, scores: list[float]) -> int:
+    """The first of the best scores."""
+    return int(np.argmax(scores) if metrics.higher_is_better(metric) else np.argmin(scores))
+
+
+def fit_weights(probs: list[np.ndarray], labels: np.ndarray, metric: str, max_steps: int = MAX_FIT_STEPS) -> np.ndarray:
+    """Non-negative weights summing to 1 by greedy forward selection with replacement (Caruana et al. 2004,
+    "Ensemble selection from libraries of models"): start from the best member alone; each step mixes (again)
+    one member into the running blend, `(1 - a) * blend + a * member`, choosing the member and the share `a`
+    among MIX_SHARES that score best, and only when that strictly improves the metric; at most `max_steps`
+    steps. (Caruana's own step, an equal vote per pick, is the share 1/(picks + 1); offering smaller shares
+    from the start lets a weaker but different member in with a small weight.) The fit never scores below
+    the best member on these images."""
+    scores = [metrics.score(metric, p, labels) for p in probs]
+    best = _best_index(metric, scores)
+    weights = np.eye(len(probs))[best]
+    blended, current = probs[best], scores[best]
+    for _ in range(max_steps):
+        trials = [(m, a) for m in range(len(probs)) for a in MIX_SHARES if weights[m] < 1]
+        trial_scores = [metrics.score(metric, (1 - a) * blended + a * probs[m], labels) for m, a in trials]
+        pick = _best_index(metric, trial_scores)
+        if not metrics.better(metric, trial_scores[pick], current):
+            break
+        m, a = trials[pick]
+        weights = (1 - a) * weights + a * np.eye(len(probs))[m]
+        blended, current = (1 - a) * blended + a * probs[m], trial_scores[pick]
+    return weights
+
+
+def bootstrap_win_rate(metric: str, probs_a: np.ndarray, probs_b: np.ndarray, labels: np.ndarray,
+                       resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> float:
+    """The share of bootstrap resamples of the images (drawn with replacement, the same draw for both) on
+    which `probs_a` scores strictly better than `probs_b`: how sure a difference on these images is."""
+    rng = np.random.default_rng(seed)
+    wins = 0
+    for _ in range(resamples):
+        idx = rng.integers(0, len(labels), len(labels))
+        wins += metrics.better(metric, metrics.score(metric, probs_a[idx], labels[idx]),
+                               metrics.score(metric, probs_b[idx], labels[idx]))
+    return wins / resamples
+
+
+def choose_weights(probs: list[np.ndarray], labels: np.ndarray, metric: str) -> Weighting:
+    """Weights for members whose probabilities `probs` on the same validation images with `labels` are known.
+
+    The simple choice is equal weights when they score at least the best member, else the best member alone.
+    Weights fitted by `fit_weights` replace it only when the fit is clearly better, since weights fitted to a
+    small validation set fit its noise (and the score they report is then optimistic):
+    - fewer than MIN_SHARED_IMAGES (50) images: equal weights and a warning with each member's score; one image
+      is 2% or more of such a set, too coarse to tell the simple choices apart (the same minimum as for the
+      images that runs with different splits share);
+    - fewer than MIN_FIT_IMAGES (200) images: the simple choice, no fit (one image moves accuracy by more than
+      0.5%, as much as the differences a fit chases);
+    - the fit must beat the simple choice in at least BOOTSTRAP_CONFIDENCE (90%) of BOOTSTRAP_RESAMPLES (500)
+      bootstrap resamples of the images: for accuracy on 400 images, fixing 3 images net without breaking any
+      passes, fixing one does not (it is not drawn in 37% of resamples);
+    - at most MAX_FIT_STEPS (20) greedy steps, each mixing in a member with a share of 1/2, 1/3, 1/5 or 1/10.
+    Every choice but the first scores at least the best member on these images."""
+    n = len(labels)
+    scores = [metrics.score(metric, p, labels) for p in probs]
+    best = _best_index(metric, scores)
+    equal = equal_weights(len(probs))
+    equal_score = metrics.score(metric, blend(probs, equal), labels)
+    versus = f"equal weights score {equal_score:.4f}, the best member {scores[best]:.4f}"
+    if metrics.better(metric, scores[best], equal_score):
+        simple, simple_choice, simple_score = np.eye(len(probs))[best], "best member", scores[best]
+        simple_name = "the best member alone"
+    else:
+        simple, simple_choice, simple_score, simple_name = equal, "equal", equal_score, "equal weights"
+
+    def chosen(weights, choice, score, reason, warning="") -> Weighting:
+        return Weighting(weights, choice, reason, metric, n, scores, score, warning)
+
+    if n < MIN_SHARED_IMAGES:
+        return chosen(equal, "equal", equal_score, f"equal weights, not fitted: {versus}",
+                      f"WARNING: the members share only {n} validation images, too few to weigh them on (fewer than "
+                      f"{MIN_SHARED_IMAGES}): using equal weights. Their scores there, in the order given: "
+                      + ", ".join(f"{s:.4f}" for s in scores) + "; leave out a member that is clearly worse")
+    if n < MIN_FIT_IMAGES:
+        return chosen(simple, simple_choice, simple_score,
+                      f"{simple_name}, not fitted: {n} shared validation images are too few to fit weights on "
+                      f"(fewer than {MIN_FIT_IMAGES}); {versus}")
+    fitted = fit_weights(probs, labels, metric)
+    fitted_probs = blend(probs, fitted)
+    fitted_score = metrics.score(metric, fitted_probs, labels)
+    if not metrics.better(metric, fitted_score, simple_score):
+        return chosen(simple, simple_choice, simple_score,
+                      f"{simple_name}: fitted weights score {fitted_score:.4f}, no better; {versus}")
+    wins = bootstrap_win_rate(metric, fitted_probs, blend(probs, simple), labels)
+    if wins < BOOTSTRAP_CONFIDENCE:
+        return chosen(simple, simple_choice, simple_score,
+                      f"{simple_name}: fitted weights score {fitted_score:.4f} but beat it in only {wins:.0%} of "
+                      f"{BOOTSTRAP_RESAMPLES} bootstrap resamples (< {BOOTSTRAP_CONFIDENCE:.0%}), within the noise; "
+                      f"{versus}")
+    return chosen(fitted, "fitted", fitted_score,
+                  f"fitted (greedy selection), better than {simple_name} ({simple_score:.4f}) in {wins:.0%} of "
+                  f"{BOOTSTRAP_RESAMPLES} bootstrap resamples; {versus}")
+
+
+def ensemble_weights(predictors: list[Predictor], data_dir: Path, images: ImageCache, device: torch.device,
+                     batch_size: int, tta: bool, metric: str, mode: str = "fit") -> Weighting:
+    """The members' weights: for `mode` "fit", chosen by `choose_weights` on the validation images they all
+    held out (read from the training images of `data_dir`, each model at its own size, with TTA when asked),
+    else (`mode` "equal", or without shared validation images: with a warning) equal weights."""
+    if len(predictors) == 1:
+        return Weighting(np.ones(1), "single", "one model", metric)
+    equal = equal_weights(len(predictors))
+    if mode == "equal":
+        return Weighting(equal, "equal", "equal weights (--weights equal)", metric)
+    if are_folds(predictors):
+        return Weighting(equal, "equal", "equal weights: the folds of one k-fold run, each trained on most of the "
+                                         "data (their out-of-fold score is in RUNS/NAME-oof.json)", metric)
+    try:
+        files, labels = validation_images(predictors, data_dir)
+        probs = member_probs(predictors, files, images, device, batch_size, tta,
+                             hint="the ensemble's weights are fitted on them: fix them, or pass --weights equal")
+    except DataError as e:
+        own = "; ".join(f"{p.path}: {recorded_val_scores(p.checkpoint)}" for p in predictors)
+        return Weighting(equal, "equal", "equal weights, not fitted", metric,
+                         warning=f"WARNING: the ensemble's weights could not be fitted ({e}): using equal weights. "
+                                 f"Each member's own best validation score: {own}")
+    return choose_weights(probs, labels, metric)
+
+
+def are_folds(predictors: list[Predictor]) -> bool:
+    """Whether the members are different folds of one --folds K run (same data, seed and K)."""
+    configs = [p.checkpoint["config"] for p in predictors]
+    key = {(c.get("folds", 0), c.get("seed"), c.get("data"), c.get("arch")) for c in configs}
+    folds = [c.get("fold", 0) for c in configs]
+    return len(key) == 1 and configs[0].get("folds", 0) > 1 and len(set(folds)) == len(folds)
+
+
+def recorded_val_scores(checkpoint: dict) -> str:
+    """A member's own best validation score as its run recorded it: its accuracy, and the run's metric when
+    that is another and was recorded (checkpoint "best_val_score", else the best epoch's "val_score")."""
+    parts = []
+    accuracy = checkpoint.get("best_val_acc")
+    if isinstance(accuracy, (int, float)) and math.isfinite(accuracy) and accuracy >= 0:
+        parts.append(f"accuracy {accuracy:.4f}")
+    metric = checkpoint["config"].get("metric", "accuracy")
+    if metric != "accuracy":
+        value = checkpoint.get("best_val_score")
+        if value is None:
+            rows = [r for r in checkpoint.get("history", []) if r.get("epoch") == checkpoint.get("best_epoch")]
+            value = rows[0].get("val_score") if rows else None
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            parts.append(f"{metric} {value:.4f}")
+    return ", ".join(parts) or "none recorded (no validation split)"
+
+
+def format_weighting(w: Weighting, predictors: list[Predictor], tta: bool) -> str:
+    """The weights table: each member's validation score and weight, then the ensemble's and why."""
+    names = [f"{p.path} ({p.spec.arch})" for p in predictors]
+    width = max(len("weighted ensemble"), *(len(n) for n in names))
+    column = f"val {w.metric}"
+
+    def value(v):
+        return f"{v:.4f}" if v is not None else "-"
+
+    where = (f" on {w.n_val} validation images shared by the {len(predictors)} models{', TTA' if tta else ''}"
+             if w.n_val else "")
+    lines = [f"ensemble weights for {w.metric}{where}:", f"  {'model':<{width}}  {column:>{len(column)}}  weight"]
+    for i, name in enumerate(names):
+        lines.append(f"  {name:<{width}}  {value(w.member_scores[i] if w.member_scores else None):>{len(column)}}"
+                     f"  {w.weights[i]:6.3f}")
+    lines.append(f"  {'weighted ensemble':<{width}}  {value(w.score):>{len(column)}}")
+    lines.append(f"  weights: {w.reason}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
 # Entry point
 # ----------------------------------------------------------------------------------------------
 
@@ -416,6 +654,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "or with --eval check the model on them")
     parser.add_argument("--eval", action="store_true", help="check the model on labelled data (the run's validation "
                                                            "split, or --solution) instead of writing a submission")
+    parser.add_argument("--metric", default=None, choices=metrics.METRICS,
+                        help="the competition's metric: an ensemble's weights are fitted for it, and --solution/--eval "
+                             "report it (default: the metric the first checkpoint's run was trained for)")
+    parser.add_argument("--weights", default="fit", choices=["fit", "equal"],
+                        help="an ensemble's weights: fitted on the validation images its members share (never "
+                             "below the best member there), or equal")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     parser.add_argument("--cache-dir", default="", help="where decoded images are cached (default: next to them)")
@@ -424,7 +668,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_eval(args, predictors: list[Predictor], images: ImageCache, device: torch.device) -> dict:
+def run_eval(args, predictors: list[Predictor], images: ImageCache, device: torch.device, weighting: Weighting) -> dict:
     """--eval: report on the validation split or the --solution images, and save the figures."""
     data_dir, first = Path(args.data), predictors[0]
     class_names = first.class_names
@@ -432,10 +676,17 @@ def run_eval(args, predictors: list[Predictor], images: ImageCache, device: torc
         files, labels = solution_images(Path(args.solution), data_dir, class_names)
         what = f"{args.solution}"
     else:
-        files, labels = validation_images(predictors, data_dir)
-        what = f"validation split of {first.path}"
-    probs = predict_probs(predictors, files, images, device, args.batch_size, args.tta)
+        try:
+            files, labels = validation_images(predictors, data_dir)
+        except DataError as e:
+            raise DataError(f"{e}: check the model(s) with --solution FILE instead") from None
+        what = (f"validation split of {first.path}" if len(predictors) == 1 else
+                f"the validation images shared by the {len(predictors)} models")
+        if weighting.choice == "fitted":
+            what += ", the images the weights were fitted on: optimistic"
+    probs = predict_probs(predictors, files, images, device, args.batch_size, args.tta, weighting.weights)
     result = evaluate_labels(probs, labels, class_names)
+    result.update(metric=weighting.metric, score=metrics.score(weighting.metric, probs, labels))
     print(format_report(result, class_names, what + (", TTA" if args.tta else "")))
     title = " + ".join(p.spec.arch for p in predictors) + f": accuracy {result['accuracy']:.2%}"
     pixels = images.pixels(files, first.spec.img_size, first.spec.channels)
@@ -458,11 +709,12 @@ def record_test_acc(predictors: list[Predictor], accuracy: float, tta: bool):
         update_run_info(predictors[0].run_dir, **{key: accuracy})
 
 
-def run_predict(args, predictors: list[Predictor], images: ImageCache, device: torch.device) -> Path:
+def run_predict(args, predictors: list[Predictor], images: ImageCache, device: torch.device,
+                weighting: Weighting) -> Path:
     """Write the submission (and --probs), and score it when --solution is given."""
     data_dir, class_names = Path(args.data), predictors[0].class_names
     header, ids, files = submission_rows(data_dir)
-    probs = predict_probs(predictors, files, images, device, args.batch_size, args.tta)
+    probs = predict_probs(predictors, files, images, device, args.batch_size, args.tta, weighting.weights)
     out = Path(args.out or "submission.csv")
     write_submission(out, header, ids, [class_names[i] for i in probs.argmax(1)], class_names)
     print(f"wrote {out}: {len(ids)} rows, {len(predictors)} model(s){', TTA' if args.tta else ''}")
@@ -472,8 +724,36 @@ def run_predict(args, predictors: list[Predictor], images: ImageCache, device: t
     if args.solution:
         accuracy = score(out, args.solution)
         print(f"accuracy against {args.solution}: {accuracy:.4f}")
+        if weighting.metric != "accuracy":
+            value = solution_score(weighting.metric, probs, files, Path(args.solution), data_dir, class_names)
+            print(f"{weighting.metric} against {args.solution}: {value:.4f}")
         record_test_acc(predictors, accuracy, args.tta)
     return out
+
+
+def solution_score(metric: str, probs: np.ndarray, files: list[Path], solution: Path, data_dir: Path,
+                   class_names: list[str]) -> float:
+    """`metric` of the submission's probabilities `probs` (rows: `files`) against a solution CSV, its ids
+    matched to test images as for the submission. The hard-label metrics score the probabilities' argmax,
+    which is what the submission holds."""
+    solution_files, labels = solution_images(solution, data_dir, class_names)
+    row = {f: i for i, f in enumerate(files)}
+    missing = [str(f) for f in solution_files if f not in row]
+    if missing:
+        raise DataError(f"{solution}: {len(missing)} image(s) are not in the submission:{data.listing(missing, 5)}")
+    return metrics.score(metric, probs[[row[f] for f in solution_files]], labels)
+
+
+def run_metric(args, predictors: list[Predictor]) -> str:
+    """--metric, else the metric the first checkpoint's run was trained for (accuracy for runs from before
+    there was a choice)."""
+    if args.metric:
+        return args.metric
+    metric = predictors[0].checkpoint["config"].get("metric", "accuracy")
+    if metric not in metrics.METRICS:
+        raise DataError(f"{predictors[0].path} was trained for the metric {metric!r}, which this predict.py does not "
+                        f"know: choose one with --metric ({', '.join(metrics.METRICS)})")
+    return metric
 
 
 def check_outputs(args):
@@ -524,9 +804,15 @@ def main(argv=None):
         device = setup_runtime(args.device).device
         predictors = load_models(args.checkpoints, device)
         images = ImageCache(data.cache_dir_for(args.data, args.cache_dir or None), args.progress)
+        weighting = ensemble_weights(predictors, Path(args.data), images, device, args.batch_size, args.tta,
+                                     run_metric(args, predictors), args.weights)
+        if weighting.warning:
+            log.warning("%s", weighting.warning)
+        if len(predictors) > 1:
+            print(format_weighting(weighting, predictors, args.tta))
         if args.eval:
-            return run_eval(args, predictors, images, device)
-        return run_predict(args, predictors, images, device)
+            return run_eval(args, predictors, images, device, weighting)
+        return run_predict(args, predictors, images, device, weighting)
     except UsageError as e:
         sys.exit(f"error: {e}")
 

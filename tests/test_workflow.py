@@ -14,6 +14,7 @@ import torch
 
 import data
 import metrics
+import predict
 import runs
 import trainer
 from conftest import write_dataset
@@ -65,6 +66,13 @@ def test_k_fold_covers_every_image_once_and_resumes_per_fold(dataset, tmp_path, 
     score = metrics.score("accuracy", np.array(probs), np.array([index[label] for label in labels]))
     assert json.loads((tmp_path / "kf-oof.json").read_text())["score"] == pytest.approx(score)
     assert f"out-of-fold accuracy: {score:.4f} over 36 images (3 folds)" in capsys.readouterr().out
+    # the fold models average with equal weights, without the warning of unrelated splits
+    folds = [str(tmp_path / f"kf-f{i}") for i in (1, 2, 3)]
+    members = predict.load_models(folds, torch.device("cpu"))
+    assert predict.are_folds(members) and not predict.are_folds(members[:1] + members[:1])
+    predict.main([*folds, "--data", str(dataset), "--out", str(tmp_path / "sub.csv"), "--no-progress"])
+    out = capsys.readouterr().out
+    assert "folds of one k-fold run" in out and "WARNING" not in out
 
 
 def test_stratified_folds_are_balanced_and_repeatable():
