@@ -28,6 +28,9 @@ from conftest import ROOT, to_version_1, write_dataset
 from models import build_model
 
 FAST = ["--precision", "fp32", "--channels-last", "off", "--no-progress", "--batch-size", "16"]
+# Bit-for-bit comparisons (resumed vs in one go) pin the CPU: GPU kernels (cuDNN autotuning, TF32, atomics) are
+# not deterministic run to run.
+EXACT = ["--device", "cpu"]
 
 
 def train(arch: str, *args, **overrides) -> Path:
@@ -153,7 +156,7 @@ def test_an_older_runs_command_names_options_it_had_before_they_existed():
 
 
 def test_resume_gives_the_same_metrics_as_one_go(dataset, tmp_path):
-    common = ["--data", dataset, "--runs-dir", tmp_path, "--epochs", 2, "--img-size", 16, *FAST]
+    common = ["--data", dataset, "--runs-dir", tmp_path, "--epochs", 2, "--img-size", 16, *FAST, *EXACT]
     one_go = train("cnn", *common, "--name", "one-go")
     parts = train("cnn", *common, "--name", "parts", "--stop-at-epoch", 1)
     assert len(metrics(parts)) == 1 and json.loads((parts / "run.json").read_text())["status"] == "paused"
@@ -169,7 +172,7 @@ def test_resume_gives_the_same_metrics_as_one_go(dataset, tmp_path):
 
 def test_ema_is_evaluated_saved_and_resumed_exactly(dataset, tmp_path):
     common = ["--data", dataset, "--runs-dir", tmp_path, "--epochs", 2, "--img-size", 16, "--ema", 0.9,
-              "--translate", 2, "--erase", 0.5, *FAST]
+              "--translate", 2, "--erase", 0.5, *FAST, *EXACT]
     one_go = train("cnn", *common, "--name", "one-go")
     parts = train("cnn", *common, "--name", "parts", "--stop-at-epoch", 1)
     train("cnn", "--resume", parts, "--no-progress")
@@ -210,7 +213,7 @@ def test_bad_recipe_values_are_refused(dataset, tmp_path):
 
 
 def test_ctrl_c_mid_epoch_saves_and_resumes_exactly(dataset, tmp_path, monkeypatch):
-    common = ["--data", dataset, "--runs-dir", tmp_path, "--epochs", 2, "--img-size", 16, *FAST[:-2],
+    common = ["--data", dataset, "--runs-dir", tmp_path, "--epochs", 2, "--img-size", 16, *EXACT, *FAST[:-2],
               "--batch-size", 8]
     one_go = train("cnn", *common, "--name", "one-go")
 
