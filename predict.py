@@ -513,16 +513,16 @@ def choose_weights(probs: list[np.ndarray], labels: np.ndarray, metric: str) -> 
     The simple choice is equal weights when they score at least the best member, else the best member alone.
     Weights fitted by `fit_weights` replace it only when the fit is clearly better, since weights fitted to a
     small validation set fit its noise (and the score they report is then optimistic):
-    - fewer than MIN_SHARED_IMAGES (50) images: equal weights and a warning with each member's score; one image
-      is 2% or more of such a set, too coarse to tell the simple choices apart (the same minimum as for the
-      images that runs with different splits share);
+    - fewer than MIN_SHARED_IMAGES (50) images: the simple choice, and a warning with each member's score: one
+      image is 2% or more of such a set, so even that choice is uncertain (the same minimum as for the images
+      that runs with different splits share);
     - fewer than MIN_FIT_IMAGES (200) images: the simple choice, no fit (one image moves accuracy by more than
       0.5%, as much as the differences a fit chases);
     - the fit must beat the simple choice in at least BOOTSTRAP_CONFIDENCE (90%) of BOOTSTRAP_RESAMPLES (500)
       bootstrap resamples of the images: for accuracy on 400 images, fixing 3 images net without breaking any
       passes, fixing one does not (it is not drawn in 37% of resamples);
     - at most MAX_FIT_STEPS (20) greedy steps, each mixing in a member with a share of 1/2, 1/3, 1/5 or 1/10.
-    Every choice but the first scores at least the best member on these images."""
+    Every choice scores at least the best member on these images."""
     n = len(labels)
     scores = [metrics.score(metric, p, labels) for p in probs]
     best = _best_index(metric, scores)
@@ -539,10 +539,10 @@ def choose_weights(probs: list[np.ndarray], labels: np.ndarray, metric: str) -> 
         return Weighting(weights, choice, reason, metric, n, scores, score, warning)
 
     if n < MIN_SHARED_IMAGES:
-        return chosen(equal, "equal", equal_score, f"equal weights, not fitted: {versus}",
-                      f"WARNING: the members share only {n} validation images, too few to weigh them on (fewer than "
-                      f"{MIN_SHARED_IMAGES}): using equal weights. Their scores there, in the order given: "
-                      + ", ".join(f"{s:.4f}" for s in scores) + "; leave out a member that is clearly worse")
+        return chosen(simple, simple_choice, simple_score, f"{simple_name}, not fitted: {versus}",
+                      f"WARNING: the members share only {n} validation images (fewer than {MIN_SHARED_IMAGES}): "
+                      f"{simple_name} by their scores there, which are uncertain: " + ", ".join(f"{s:.4f}" for s in scores)
+                      + " in the order given; check with --solution or more validation images")
     if n < MIN_FIT_IMAGES:
         return chosen(simple, simple_choice, simple_score,
                       f"{simple_name}, not fitted: {n} shared validation images are too few to fit weights on "

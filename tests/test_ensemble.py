@@ -127,9 +127,9 @@ def test_small_validation_sets_are_not_fitted():
     # equal weights not worse than the best member: equal weights (here a member as good, more confident)
     w = predict.choose_weights([good, member(labels, set(range(10)), 0.9)], labels, "accuracy")
     assert (w.choice, list(w.weights)) == ("equal", [0.5, 0.5])
-    # fewer than 50 images: equal weights whatever they score, with a warning
+    # fewer than 50 images: the same simple choice, never below the best member, with a warning
     w = predict.choose_weights([good[:30], bad[:30]], labels[:30], "accuracy")
-    assert (w.choice, list(w.weights)) == ("equal", [0.5, 0.5]) and "WARNING" in w.warning
+    assert (w.choice, list(w.weights)) == ("best member", [1.0, 0.0]) and "WARNING" in w.warning
 
 
 @pytest.mark.parametrize("metric", metrics.METRICS)
@@ -295,7 +295,7 @@ def test_other_validation_splits_get_equal_weights_and_a_warning(comp, good, bad
 
 def test_small_shared_validation_sets_fall_back(comp, good, bad, tmp_path):
     val_files = checkpoint.load_checkpoint(good)["val_files"]
-    for n, choice, weights in ((120, "best member", [1.0, 0.0]), (30, "equal", [0.5, 0.5])):
+    for n, choice, weights in ((120, "best member", [1.0, 0.0]), (30, "best member", [1.0, 0.0])):
         members = [variant(good, tmp_path / f"good{n}.pt", val_files=val_files[:n]),
                    variant(good, tmp_path / f"bad{n}.pt", bad=True, val_files=val_files[:n])]
         w = weighting(members, comp)

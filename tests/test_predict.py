@@ -220,7 +220,8 @@ def test_score(tmp_path):
 
 def test_ensemble_of_two_architectures_averages_probabilities(comp, cnn_run, resnet_run, tmp_path):
     for name, members in (("cnn", [cnn_run]), ("resnet", [resnet_run / "best.pt"]), ("both", [cnn_run, resnet_run])):
-        run_predict(*members, "--data", comp, "--out", tmp_path / f"{name}.csv", "--probs", tmp_path / f"{name}_p.csv")
+        run_predict(*members, "--data", comp, "--out", tmp_path / f"{name}.csv", "--probs", tmp_path / f"{name}_p.csv",
+                    "--weights", "equal")
     header, both = read_probs(tmp_path / "both_p.csv")
     assert header == ["id", *sorted(ODD_CLASSES, key=data.natural_key)]
     _, cnn = read_probs(tmp_path / "cnn_p.csv")
