@@ -41,10 +41,10 @@ from torch import nn
 
 import data
 import metrics
+import runs
 from checkpoint import ModelSpec, load_checkpoint, model_from_checkpoint, read_spec
 from errors import DataError, UsageError
 from fileio import atomic_write
-from runs import update_run_info
 from runtime import setup_runtime
 
 log = logging.getLogger("imgcomp")
@@ -577,6 +577,9 @@ def ensemble_weights(predictors: list[Predictor], data_dir: Path, images: ImageC
     if are_folds(predictors):
         return Weighting(equal, "equal", "equal weights: the folds of one k-fold run, each trained on most of the "
                                          "data (their out-of-fold score is in RUNS/NAME-oof.json)", metric)
+    groups = fold_groups(predictors)
+    if groups:
+        return out_of_fold_weights(predictors, groups, metric)
     try:
         files, labels = validation_images(predictors, data_dir)
         probs = member_probs(predictors, files, images, device, batch_size, tta,
@@ -595,6 +598,49 @@ def are_folds(predictors: list[Predictor]) -> bool:
     key = {(c.get("folds", 0), c.get("seed"), c.get("data"), c.get("arch")) for c in configs}
     folds = [c.get("fold", 0) for c in configs]
     return len(key) == 1 and configs[0].get("folds", 0) > 1 and len(set(folds)) == len(folds)
+
+
+def fold_groups(predictors: list[Predictor]) -> list[tuple[Path, list[int]]] | None:
+    """When the members are the complete fold sets of two or more k-fold runs, each with its out-of-fold file:
+    [(that file, the members of that run)], else None."""
+    groups: dict[tuple, list[int]] = {}
+    for i, p in enumerate(predictors):
+        c = p.checkpoint["config"]
+        if c.get("folds", 0) < 2 or not str(c.get("name", "")).endswith(f"-f{c.get('fold')}"):
+            return None
+        base = c["name"][:-len(f"-f{c['fold']}")]
+        groups.setdefault((str(p.run_dir.parent / f"{base}-oof.csv"), c["folds"]), []).append(i)
+    complete = all(len({predictors[i].checkpoint["config"]["fold"] for i in members}) == folds == len(members)
+                   for (_, folds), members in groups.items())
+    if len(groups) < 2 or not complete or not all(Path(path).is_file() for path, _ in groups):
+        return None
+    return [(Path(path), members) for (path, _), members in groups.items()]
+
+
+def out_of_fold_weights(predictors: list[Predictor], groups: list[tuple[Path, list[int]]], metric: str) -> Weighting:
+    """Weights of k-fold runs fitted (by `choose_weights`) on their out-of-fold predictions, which cover every
+    training image once; each run's weight is shared equally by its folds."""
+    class_names = predictors[0].class_names
+    tables = []
+    for path, _ in groups:
+        files, labels, names, probs = runs.read_predictions(path)
+        if names != class_names:
+            raise DataError(f"{path}: other classes than the models'")
+        tables.append(dict(zip(files, zip(labels, probs))))
+    shared = sorted(set.intersection(*(set(t) for t in tables)), key=data.natural_key)
+    if not shared:
+        raise DataError(f"the out-of-fold files {', '.join(str(p) for p, _ in groups)} share no images: "
+                        "were the runs trained on the same data?")
+    labels = label_indices([tables[0][f][0] for f in shared], class_names, str(groups[0][0]))
+    group_probs = [np.array([t[f][1] for f in shared]) for t in tables]
+    chosen = choose_weights(group_probs, labels, metric)
+    weights, scores = np.zeros(len(predictors)), [0.0] * len(predictors)
+    for (_, members), weight, score in zip(groups, chosen.weights, chosen.member_scores):
+        for i in members:
+            weights[i], scores[i] = weight / len(members), score
+    return Weighting(weights, chosen.choice, f"on the out-of-fold predictions of {len(groups)} k-fold runs (their "
+                     f"folds share each run's weight; without TTA): {chosen.reason}", metric, chosen.n_val, scores,
+                     chosen.score, chosen.warning)
 
 
 def recorded_val_scores(checkpoint: dict) -> str:
@@ -706,7 +752,7 @@ def record_test_acc(predictors: list[Predictor], accuracy: float, tta: bool):
     ensemble's belongs to none. A model trained without flips gets no TTA: its score is the plain one."""
     if len(predictors) == 1 and (predictors[0].run_dir / "run.json").is_file():
         key = "test_acc_tta" if tta and predictors[0].has_tta else "test_acc"
-        update_run_info(predictors[0].run_dir, **{key: accuracy})
+        runs.update_run_info(predictors[0].run_dir, **{key: accuracy})
 
 
 def run_predict(args, predictors: list[Predictor], images: ImageCache, device: torch.device,

@@ -152,3 +152,25 @@ def test_fold_flags_are_checked(dataset, tmp_path):
     for flags in (["--folds", 1], ["--folds", 3, "--fold", 4], ["--fold", 2]):
         with pytest.raises(SystemExit, match="--fold"):
             train("cnn", "--data", dataset, "--runs-dir", tmp_path, *flags, *FAST)
+
+
+def test_k_fold_runs_are_weighted_on_their_out_of_fold_predictions(tmp_path):
+    comp = write_dataset(tmp_path / "comp", layout="csv", per_class=20, size=16)
+    train("cnn", "--data", comp, "--runs-dir", tmp_path, "--name", "good", "--folds", 3, "--epochs", 2, "--lr", 3e-3,
+          *FAST)
+    train("cnn", "--data", comp, "--runs-dir", tmp_path, "--name", "poor", "--folds", 3, "--epochs", 1, "--lr", 1e-12,
+          "--warmup-epochs", 0, "--seed", 7, *FAST)
+    good = [str(tmp_path / f"good-f{i}") for i in (1, 2, 3)]
+    members = predict.load_models(good + [str(tmp_path / f"poor-f{i}") for i in (1, 2, 3)], torch.device("cpu"))
+    groups = predict.fold_groups(members)
+    assert [(path.name, idx) for path, idx in groups] == [("good-oof.csv", [0, 1, 2]), ("poor-oof.csv", [3, 4, 5])]
+    # for accuracy the poor run's near-uniform probabilities change no answer: equal weights score as well
+    assert list(predict.out_of_fold_weights(members, groups, "accuracy").weights) == pytest.approx([1 / 6] * 6)
+    # for log loss they cost: the good run alone
+    w = predict.out_of_fold_weights(members, groups, "log_loss")
+    assert w.n_val == 60 and list(w.weights) == pytest.approx([1 / 3] * 3 + [0] * 3)  # never below the better run
+    poor = [str(tmp_path / f"poor-f{i}") for i in (1, 2, 3)]
+    for name, runs_given in (("good", good), ("all", good + poor)):
+        predict.main([*runs_given, "--data", str(comp), "--metric", "log_loss", "--probs", str(tmp_path / f"{name}.csv"),
+                      "--out", str(tmp_path / f"{name}-sub.csv"), "--no-progress"])
+    assert (tmp_path / "all.csv").read_text() == (tmp_path / "good.csv").read_text()
