@@ -85,6 +85,8 @@ class TrainConfig:
     label_col: str = _opt("", "label column of train.csv (default: detected)")
     cache_dir: str = _opt("", "where decoded images are cached (default: DATA/.cache)")
     device: str = _opt("auto", "auto (CUDA when available), cpu, cuda, cuda:N")
+    deterministic: bool = _opt(False, "the same results run after run on a GPU as well (deterministic kernels, no "
+                                      "autotuning, no TF32): slower")
     stop_at_epoch: int = _opt(0, "stop (resumably) after this epoch, keeping the schedule of --epochs; "
                                  "continue later with --resume (0: off)")
     progress: bool = _opt(True, "show a progress bar per epoch")
@@ -102,7 +104,7 @@ MIN_IMG_SIZE = 8
 
 # Flags that may differ from the saved run when resuming; any other flag must match it.
 RESUMABLE_CHANGES = {"epochs", "stop_at_epoch", "progress", "resume", "device", "runs_dir", "cache_dir", "compile",
-                     "allow_data_change", "patience"}
+                     "allow_data_change", "patience", "deterministic"}
 
 
 def build_parser(arch: str, defaults: dict) -> argparse.ArgumentParser:

@@ -555,7 +555,7 @@ def stratified_split(labels: np.ndarray, val_split: float, seed: int) -> tuple[n
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
 
 
-def images_per_chunk(pixels: np.ndarray, budget_bytes: int = 64 * 2**20) -> int:
+def images_per_chunk(pixels, budget_bytes: int = 64 * 2**20) -> int:
     """How many images of `pixels` fit in `budget_bytes` as uint8: work on the cache goes chunk by chunk, so
     memory stays bounded at any image size (never a float copy of the dataset)."""
     return max(1, budget_bytes // max(1, int(np.prod(pixels.shape[1:]))))
@@ -622,11 +622,33 @@ def iterate_batches(pixels: np.ndarray, labels: np.ndarray | None, indices: np.n
     elif shuffle:
         indices = np.random.default_rng([seed, epoch]).permutation(indices)
     n_steps = count_batches(len(indices), batch_size, drop_last)
+    on_device = isinstance(pixels, torch.Tensor)
     for step in range(start_step, n_steps if stop_step is None else min(stop_step, n_steps)):
         idx = np.sort(indices[step * batch_size:(step + 1) * batch_size][rank::world_size])
-        x = torch.from_numpy(np.ascontiguousarray(pixels[idx]))
+        if on_device:  # resident images (`resident`): gathered where they are
+            x = pixels[torch.from_numpy(idx).to(pixels.device, non_blocking=True)]
+        else:
+            x = torch.from_numpy(np.ascontiguousarray(pixels[idx]))
         y = torch.from_numpy(labels[idx]) if labels is not None else torch.from_numpy(idx)
         yield x, y
+
+
+def resident(pixels: np.ndarray, device: torch.device, share: float = 0.5) -> np.ndarray | torch.Tensor:
+    """The images kept on `device` when it is a GPU with room for them (at most `share` of its free memory):
+    batches are then gathered there by index, with no copy from the host each step. Elsewhere, or when they do
+    not fit, the memory-mapped array itself (batches gathered on the host and prefetched)."""
+    if device.type != "cuda":
+        return pixels
+    free, _ = torch.cuda.mem_get_info(device)
+    if pixels.nbytes > share * free:
+        log.info("the images (%.1f GB) do not fit in %.0f%% of the GPU's free memory (%.1f GB): batches come from "
+                 "the host", pixels.nbytes / 1e9, 100 * share, free / 1e9)
+        return pixels
+    out = torch.empty(tuple(pixels.shape), dtype=torch.uint8, device=device)
+    step = images_per_chunk(pixels)
+    for s in range(0, len(pixels), step):  # chunk by chunk: never a second whole copy on the host
+        out[s:s + step].copy_(torch.from_numpy(np.ascontiguousarray(pixels[s:s + step])))
+    return out
 
 
 def count_batches(n: int, batch_size: int, drop_last: bool) -> int:
@@ -647,8 +669,8 @@ def prefetch(batches, device: torch.device, depth: int = 2):
             for x, y in batches:
                 if stop.is_set():
                     return
-                if pin:
-                    x, y = x.pin_memory(), y.pin_memory()
+                if pin:  # pinned host memory copies to the GPU asynchronously; resident images are there already
+                    x, y = (x if x.is_cuda else x.pin_memory()), y.pin_memory()
                 q.put((x, y))
             q.put(done)
         except BaseException as e:  # noqa: BLE001 - re-raised in the consumer

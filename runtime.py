@@ -3,19 +3,24 @@ the compute format (precision and memory format), measured when --precision / --
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
+import platform
 import shutil
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from data import user_cache_dir
 from errors import SetupError
+from fileio import atomic_write_text
 
 log = logging.getLogger("imgcomp")
 
@@ -36,8 +41,12 @@ class Runtime:
         return self.world_size > 1
 
 
-def setup_runtime(device: str = "auto") -> Runtime:
-    """Pick the device, and join the torchrun process group when launched by torchrun."""
+def setup_runtime(device: str = "auto", deterministic: bool = False) -> Runtime:
+    """Pick the device, and join the torchrun process group when launched by torchrun. `deterministic`: the
+    same results run after run on a GPU too (deterministic algorithms, no cuDNN autotuning, no TF32), slower."""
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's deterministic mode needs it
+        torch.use_deterministic_algorithms(True, warn_only=True)  # an op without such a kernel warns, not fails
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device == "auto":
@@ -48,9 +57,10 @@ def setup_runtime(device: str = "auto") -> Runtime:
             raise SetupError(f"--device {device}: CUDA is not available on this machine")
         dev = torch.device("cuda", local_rank if world_size > 1 else (dev.index or 0))
         torch.cuda.set_device(dev)
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = not deterministic
+        torch.backends.cudnn.deterministic = deterministic
+        torch.backends.cuda.matmul.allow_tf32 = not deterministic
+        torch.backends.cudnn.allow_tf32 = not deterministic
     if world_size > 1:
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
         if dev.type == "cpu":  # share the cores between the processes of this machine
@@ -93,7 +103,7 @@ def candidate_formats(precision: str, channels_last: str, device: torch.device) 
 
 def measure_formats(model: nn.Module, x: torch.Tensor, y: torch.Tensor, modes: list[ComputeFormat],
                     device: torch.device, warmup: int = 2, min_steps: int = 5, max_steps: int = 15,
-                    budget_s: float = 60.0) -> dict[ComputeFormat, float]:
+                    budget_s: float = 10.0) -> dict[ComputeFormat, float]:
     """Seconds of a training step (forward, backward, AdamW) of a copy of `model` on the batch (x, y) in each
     format: the mean of the timed steps without the slowest one, since a run's time is the sum of its steps
     (bf16 steps of some models are bimodal: a median hides their slow half). The model itself is left untouched.
@@ -101,8 +111,10 @@ def measure_formats(model: nn.Module, x: torch.Tensor, y: torch.Tensor, modes: l
     The formats take turns, step by step, so a burst of load from elsewhere on the machine hits them alike.
     The first `warmup` rounds are not timed (kernels are built and autotuned there). After `min_steps` timed
     rounds, formats more than 25% slower than the best are dropped; measuring stops when one leads the next by
-    more than 10%, or after `max_steps` rounds, or once `budget_s` seconds of timed steps have passed. Close
-    formats need the extra rounds because single steps on a shared machine are noisy (BENCHMARKS.md)."""
+    more than 10%, or after `max_steps` rounds, or once `budget_s` seconds have passed since it began (warm-up
+    included: a run must start quickly; where even the warm-up outlasts the budget, its last round decides).
+    Close formats need the extra rounds because single steps on a shared machine are noisy (BENCHMARKS.md);
+    the decision is remembered (`choose_format`), so it is measured once per model, size and machine."""
     trials = {}
     for mode in modes:
         trial = copy.deepcopy(model).to(device, memory_format=mode.memory_format).train()
@@ -110,7 +122,8 @@ def measure_formats(model: nn.Module, x: torch.Tensor, y: torch.Tensor, modes: l
                         torch.amp.GradScaler(device.type, enabled=mode.precision == "fp16"),
                         x.to(device, memory_format=mode.memory_format), y.to(device))
     times: dict[ComputeFormat, list[float]] = {mode: [] for mode in modes}
-    active, spent = list(modes), 0.0
+    last: dict[ComputeFormat, float] = {}
+    active, began = list(modes), time.perf_counter()
     for round_ in range(warmup + max_steps):
         for mode in active:
             trial, opt, scaler, xb, yb = trials[mode]
@@ -123,16 +136,19 @@ def measure_formats(model: nn.Module, x: torch.Tensor, y: torch.Tensor, modes: l
             scaler.update()
             opt.zero_grad(set_to_none=True)
             sync(device)
+            last[mode] = time.perf_counter() - start
             if round_ >= warmup:
-                times[mode].append(time.perf_counter() - start)
-                spent += times[mode][-1]
-        if round_ + 1 < warmup + min_steps:
+                times[mode].append(last[mode])
+        out_of_time = time.perf_counter() - began >= budget_s
+        if out_of_time and not any(times.values()):  # slow steps: the warm-up rounds are all there is
+            return dict(last)
+        if round_ + 1 < warmup + min_steps and not out_of_time:
             continue
-        ranked = sorted((step_time(times[m]), i) for i, m in enumerate(active))
+        ranked = sorted((step_time(times[m]) if times[m] else last[m], i) for i, m in enumerate(active))
         active = [active[i] for t, i in ranked if t <= 1.25 * ranked[0][0]]
-        if len(active) == 1 or ranked[1][0] > 1.10 * ranked[0][0] or spent >= budget_s:
+        if len(active) == 1 or ranked[1][0] > 1.10 * ranked[0][0] or out_of_time:
             break
-    return {mode: step_time(t) for mode, t in times.items()}
+    return {mode: step_time(t) if t else last[mode] for mode, t in times.items()}
 
 
 def step_time(times: list[float]) -> float:
@@ -154,22 +170,90 @@ def sync(device: torch.device):
         torch.cuda.synchronize(device)
 
 
+def format_memory_path() -> Path:
+    """Where measured compute formats are remembered: beside the image caches in the user's cache folder."""
+    return user_cache_dir() / "compute-formats.json"
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or platform.machine()
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{model}, {torch.get_num_threads()} threads"
+
+
+def format_key(arch: str, x: torch.Tensor, modes: list[ComputeFormat], device: torch.device) -> str:
+    """What a measured format depends on: the architecture, the batch's shape (size, channels, batch), the
+    formats allowed, the device and torch's version."""
+    return "|".join([arch, "x".join(str(d) for d in x.shape), ",".join(str(m) for m in modes), device_name(device),
+                     f"torch {torch.__version__}"])
+
+
+def _remembered(key: str) -> dict | None:
+    try:
+        entry = json.loads(format_memory_path().read_text()).get(key)
+        return entry if isinstance(entry, dict) and "format" in entry else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _remember(key: str, best: ComputeFormat, times: dict):
+    path = format_memory_path()
+    try:
+        memory = json.loads(path.read_text()) if path.is_file() else {}
+        memory = memory if isinstance(memory, dict) else {}
+    except (OSError, ValueError):
+        memory = {}
+    memory[key] = {"format": {"precision": best.precision, "channels_last": best.channels_last},
+                   "ms_per_step": {str(m): round(t * 1000, 2) for m, t in times.items()},
+                   "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(memory, indent=1))
+    except OSError as e:  # remembering is a convenience: a read-only home only means measuring again next time
+        log.warning("could not remember the compute format in %s: %s", path, e)
+
+
 def choose_format(precision: str, channels_last: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                  rt: Runtime) -> tuple[ComputeFormat, dict]:
-    """The compute format of a run: fixed by the flags when they allow one, else measured on a copy of `model`
-    with the batch (x, y). Returns it and how it was decided ({"how": "fixed by flags"} or {"how": "measured",
-    "ms_per_step": {format: ms}}), which the run records in run.json."""
+                  rt: Runtime, arch: str = "") -> tuple[ComputeFormat, dict]:
+    """The compute format of a run: fixed by the flags when they allow one; else remembered from an earlier
+    measurement of the same `arch`, batch shape, device and torch version (`format_memory_path`); else measured
+    on a copy of `model` with the batch (x, y) and remembered. With torchrun, rank 0 decides for every process.
+    Returns it and how it was decided ({"how": "fixed by flags" | "remembered" | "measured", ...}), which the
+    run records in run.json and the log states."""
     modes = candidate_formats(precision, channels_last, rt.device)
     if len(modes) == 1:
         return modes[0], {"how": "fixed by flags"}
-    times = measure_formats(model, x, y, modes, rt.device)
-    best = pick_format(times)
-    if rt.distributed:  # every process must run the same format: rank 0's measurement decides
-        box = [best]
+    decision = None
+    if rt.is_main:
+        key = format_key(arch, x, modes, rt.device)
+        entry = _remembered(key) if arch else None
+        if entry:
+            best = ComputeFormat(**entry["format"])
+            decision = {"how": "remembered", "ms_per_step": entry.get("ms_per_step", {}),
+                        "measured": entry.get("measured", ""), "file": str(format_memory_path())}
+            log.info("precision auto: %s, remembered from %s (%s; measured %s)", best, format_memory_path(),
+                     ", ".join(f"{m} {t:.0f} ms/step" for m, t in decision["ms_per_step"].items()), decision["measured"])
+        else:
+            started = time.perf_counter()
+            times = measure_formats(model, x, y, modes, rt.device)
+            best = pick_format(times)
+            decision = {"how": "measured", "ms_per_step": {str(m): round(t * 1000, 2) for m, t in times.items()},
+                        "seconds": round(time.perf_counter() - started, 1)}
+            log.info("precision auto: measured %s in %.0f s -> using %s",
+                     ", ".join(f"{m} {t * 1000:.0f} ms/step" for m, t in times.items()), decision["seconds"], best)
+            if arch:
+                _remember(key, best, times)
+    if rt.distributed:  # every process must run the same format: rank 0's decision
+        box = [(best, decision) if rt.is_main else None]
         dist.broadcast_object_list(box, src=0)
-        best = box[0]
-    log.info("precision auto: %s -> using %s", ", ".join(f"{m} {t * 1000:.0f} ms/step" for m, t in times.items()), best)
-    return best, {"how": "measured", "ms_per_step": {str(m): round(t * 1000, 2) for m, t in times.items()}}
+        best, decision = box[0]
+    return best, decision
 
 
 def compile_model(model: nn.Module, rt: Runtime) -> nn.Module:

@@ -113,8 +113,8 @@ class LRSchedule:
 
 @dataclass
 class TrainData:
-    """A run's images (uint8, memory-mapped), labels, files and class names, and its split."""
-    pixels: np.ndarray
+    """A run's images (uint8: memory-mapped, or resident on the GPU), labels, files and class names, its split."""
+    pixels: np.ndarray | torch.Tensor
     labels: np.ndarray
     files: list[Path]
     class_names: list[str]
@@ -324,9 +324,10 @@ def freeze_backbone(s: Session, frozen: bool):
             p.requires_grad_(not frozen)
 
 
-def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, config: TrainConfig, fused: bool = False) -> torch.optim.Optimizer:
     """AdamW or SGD; biases and norms are not decayed. With --head-lr-mult the classifier layer's groups carry
-    an `lr_scale`, which the loop applies to the scheduled learning rate."""
+    an `lr_scale`, which the loop applies to the scheduled learning rate. `fused` (on CUDA): one kernel for the
+    whole update instead of several per parameter."""
     named = list(model.named_parameters())
     parts = [("", named)] if config.head_lr_mult == 1 else [
         ("backbone", [(n, p) for n, p in named if not is_head(n, config.arch)]),
@@ -337,8 +338,8 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
         groups += [{"params": [p for _, p in params if p.ndim > 1], "weight_decay": config.weight_decay, "lr_scale": scale},
                    {"params": [p for _, p in params if p.ndim <= 1], "weight_decay": 0.0, "lr_scale": scale}]
     if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
-    return torch.optim.AdamW(groups, lr=config.lr)
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True, fused=fused or None)
+    return torch.optim.AdamW(groups, lr=config.lr, fused=fused or None)
 
 
 def prepare_session(config: TrainConfig, rt: Runtime, run_dir: Path | None = None) -> tuple[Session, dict | None, dict | None]:
@@ -360,7 +361,7 @@ def prepare_session(config: TrainConfig, rt: Runtime, run_dir: Path | None = Non
         mean, std = resume["spec"]["mean"], resume["spec"]["std"]
     else:
         mean, std = normalization(config, train_data, channels)
-
+    train_data.pixels = data.resident(train_data.pixels, rt.device)
     try:
         model = build_model(config.arch, len(train_data.class_names), channels, config.img_size,
                             pretrained=config.pretrained if not resume else False)
@@ -383,10 +384,10 @@ def prepare_session(config: TrainConfig, rt: Runtime, run_dir: Path | None = Non
         x, y = next(data.batches(train_data.pixels, train_data.labels, train_data.train_idx, local_batch, rt.device,
                                  shuffle=True, seed=config.seed))
         compute, choice = choose_format(config.precision, config.channels_last, model,
-                                        data.Preprocess(mean, std)(x), y, rt)
+                                        data.Preprocess(mean, std)(x), y, rt, arch=config.arch)
     model.to(memory_format=compute.memory_format)
 
-    optimizer = build_optimizer(model, config)
+    optimizer = build_optimizer(model, config, fused=rt.device.type == "cuda")
     scaler = torch.amp.GradScaler(rt.device.type, enabled=compute.precision == "fp16")
     # A frozen backbone produces no gradients: DDP must not wait for them.
     wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
@@ -523,7 +524,7 @@ def evaluate(s: Session, indices: np.ndarray) -> dict:
 def train(config: TrainConfig, script_defaults: dict | None = None) -> Path:
     """Train a model as `config` says; returns the run folder. `script_defaults` (those of the train_<arch>.py
     that runs it) are recorded in run.json, so that the runs table can write the run's command."""
-    rt = setup_runtime(config.device)
+    rt = setup_runtime(config.device, config.deterministic)
     logging.basicConfig(level=logging.INFO if rt.is_main else logging.WARNING, format="%(message)s", stream=sys.stdout,
                         force=True)
     try:
@@ -669,7 +670,7 @@ def train_folds(config: TrainConfig, script_defaults: dict | None = None) -> Pat
     """--folds K: train (or resume, or skip when done) the runs NAME-f1..NAME-fK, each holding out its fold, then
     collect their out-of-fold predictions in RUNS/NAME-oof.csv and print the out-of-fold score. Running the same
     command again resumes where it stopped. Returns the out-of-fold file."""
-    rt = setup_runtime(config.device)
+    rt = setup_runtime(config.device, config.deterministic)
     logging.basicConfig(level=logging.INFO if rt.is_main else logging.WARNING, format="%(message)s", stream=sys.stdout,
                         force=True)
     base = config.name or f"{config.arch}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -7,6 +7,7 @@ import csv
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import cv2
@@ -15,6 +16,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# The user's cache folder (remembered compute formats, the fallback image cache) is the tests' own: nothing is
+# read from or left in the real one. Subprocesses inherit it.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="imgcomp-tests-cache-")
 
 
 def class_image(label: int, n_classes: int, size: int, rng: np.random.Generator, channels: int = 1,

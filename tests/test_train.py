@@ -292,7 +292,8 @@ def test_diverging_loss_stops_with_a_clear_message(dataset, tmp_path):
     assert json.loads((tmp_path / "nan" / "run.json").read_text())["status"] == "diverged"
 
 
-def test_precision_auto_picks_a_measured_mode(dataset, tmp_path):
+def test_precision_auto_picks_a_measured_mode(dataset, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # nothing remembered yet
     run = train("cnn", "--data", dataset, "--runs-dir", tmp_path, "--name", "auto", "--epochs", 1,
                 "--img-size", 16, "--no-progress")
     compute = checkpoint.read_spec(checkpoint.load_checkpoint(run / "last.pt")).compute
@@ -447,3 +448,51 @@ def test_bookkeeping_never_breaks_on_a_foreign_or_damaged_run_json(tmp_path):
         assert f"| {name} |" in table
     assert table.count("unreadable run.json") == 3
     assert runs.runs_table(tmp_path, commands=True).count("(no readable config.json)") == 1  # mine has none
+
+
+def test_the_measured_format_is_remembered_per_model_shape_and_machine(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    rt = runtime.Runtime(torch.device("cpu"))
+    model = build_model("cnn", 3, 1, 16)
+    x, y = torch.randn(8, 1, 16, 16), torch.randint(0, 3, (8,))
+    first, how = runtime.choose_format("auto", "auto", model, x, y, rt, arch="cnn")
+    assert how["how"] == "measured" and how["seconds"] <= 15  # the budget is 10 s, warm-up included
+    again, how = runtime.choose_format("auto", "auto", model, x, y, rt, arch="cnn")
+    assert (again, how["how"]) == (first, "remembered")
+    memory = json.loads(runtime.format_memory_path().read_text())
+    assert list(memory) == [runtime.format_key("cnn", x, runtime.candidate_formats("auto", "auto", rt.device),
+                                               rt.device)]
+    # another batch shape, or formats the flags restrict, are measured anew; fixed flags measure nothing
+    _, how = runtime.choose_format("auto", "auto", model, x[:4], y[:4], rt, arch="cnn")
+    assert how["how"] == "measured"
+    fixed, how = runtime.choose_format("bf16", "on", model, x, y, rt, arch="cnn")
+    assert how == {"how": "fixed by flags"} and fixed == runtime.ComputeFormat("bf16", True)
+
+
+def test_deterministic_mode_is_set_once_at_start():
+    try:
+        runtime.setup_runtime("cpu", deterministic=True)
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+def test_resident_images_give_the_same_batches(dataset):
+    pixels = np.arange(20 * 4, dtype=np.uint8).reshape(20, 1, 2, 2)
+    labels = np.arange(20) % 3
+    assert data.resident(pixels, torch.device("cpu")) is pixels  # on the CPU the memory-mapped array serves
+    kept = torch.from_numpy(pixels.copy())  # what `resident` makes on a GPU, here in host memory
+    for (a, ya), (b, yb) in zip(data.batches(pixels, labels, np.arange(20), 6, torch.device("cpu"), shuffle=True),
+                                data.batches(kept, labels, np.arange(20), 6, torch.device("cpu"), shuffle=True)):
+        assert torch.equal(a, b) and torch.equal(ya, yb)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_training_on_a_gpu_keeps_the_images_there_and_resumes(dataset, tmp_path):
+    common = ["--data", dataset, "--runs-dir", tmp_path, "--epochs", 2, "--img-size", 16, "--device", "cuda",
+              "--precision", "fp32", "--channels-last", "off", "--no-progress", "--batch-size", "16", "--deterministic"]
+    one_go = train("cnn", *common, "--name", "one-go")
+    parts = train("cnn", *common, "--name", "parts", "--stop-at-epoch", 1)
+    train("cnn", "--resume", parts, "--no-progress")
+    assert comparable(metrics(parts)) == comparable(metrics(one_go))
+    assert float(metrics(one_go)[-1]["val_acc"]) >= 0.8
