@@ -24,8 +24,8 @@ class CNN(nn.Module):
                  hidden: int = 512, dropout: float = 0.3, pool_size: int = 7, img_size: int = 28):
         super().__init__()
         w1, w2 = widths
-        # No dropout between the conv blocks: on a CPU its random masks took ~20% of a training step
-        # (bench/profile_step.py), and the model reached 93% test accuracy sooner without it.
+        # No dropout between the conv blocks: on a CPU its random masks cost a large share of a training step
+        # (bench/profile_step.py measures it), and the model reached its accuracy sooner without them.
         self.features = nn.Sequential(
             conv_bn_relu(in_chans, w1), conv_bn_relu(w1, w1), nn.MaxPool2d(2),
             conv_bn_relu(w1, w2), conv_bn_relu(w2, w2), nn.MaxPool2d(2),
