@@ -123,7 +123,7 @@ def measure_formats(model: nn.Module, x: torch.Tensor, y: torch.Tensor, modes: l
                         x.to(device, memory_format=mode.memory_format), y.to(device))
     times: dict[ComputeFormat, list[float]] = {mode: [] for mode in modes}
     last: dict[ComputeFormat, float] = {}
-    active, began = list(modes), time.perf_counter()
+    active, began, previous = list(modes), time.perf_counter(), 0.0
     for round_ in range(warmup + max_steps):
         for mode in active:
             trial, opt, scaler, xb, yb = trials[mode]
@@ -139,8 +139,11 @@ def measure_formats(model: nn.Module, x: torch.Tensor, y: torch.Tensor, modes: l
             last[mode] = time.perf_counter() - start
             if round_ >= warmup:
                 times[mode].append(last[mode])
-        out_of_time = time.perf_counter() - began >= budget_s
-        if round_ == 0 and warmup > 1 and (time.perf_counter() - began) * (warmup + 1) > budget_s:
+        elapsed = time.perf_counter() - began
+        # Out of time: past the budget, or (once something is timed) another round would pass it.
+        out_of_time = elapsed >= budget_s or (any(times.values()) and 2 * elapsed - previous > budget_s)
+        previous = elapsed
+        if round_ == 0 and warmup > 1 and elapsed * (warmup + 1) > budget_s:
             warmup = 1  # slow steps: one warm-up round (the kernels are built there), so a timed round fits
         if out_of_time and not any(times.values()):  # slow steps: the warm-up rounds are all there is
             return dict(last)
