@@ -115,6 +115,15 @@ def measure_formats(model: nn.Module, x: torch.Tensor, y: torch.Tensor, modes: l
     included: a run must start quickly; where even the warm-up outlasts the budget, its last round decides).
     Close formats need the extra rounds because single steps on a shared machine are noisy (BENCHMARKS.md);
     the decision is remembered (`choose_format`), so it is measured once per model, size and machine."""
+    # No cuDNN autotuning while measuring: it would tune every convolution of every trial copy (the run itself
+    # tunes its one format); the formats are compared with the same default kernel choice.
+    with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, benchmark=False,
+                                    deterministic=torch.backends.cudnn.deterministic,
+                                    allow_tf32=torch.backends.cudnn.allow_tf32):
+        return _measure(model, x, y, modes, device, warmup, min_steps, max_steps, budget_s)
+
+
+def _measure(model, x, y, modes, device, warmup, min_steps, max_steps, budget_s) -> dict[ComputeFormat, float]:
     trials = {}
     for mode in modes:
         trial = copy.deepcopy(model).to(device, memory_format=mode.memory_format).train()
