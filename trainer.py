@@ -222,14 +222,13 @@ def dataset_key(train_data: TrainData, root: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def check_same_data(resume: dict, train_data: TrainData, config: TrainConfig):
+def check_same_data(resume: dict, train_data: TrainData, config: TrainConfig, key: str):
     """Refuse to resume on a dataset whose files changed since the run began (the split would silently
     change), unless --allow-data-change."""
     if resume["spec"]["class_names"] != train_data.class_names:
         raise DataError(f"--resume: the classes in {config.data} differ from the run's {resume['spec']['class_names']}")
     val_files = [_rel(train_data.files[i], config.data) for i in train_data.val_idx]
-    same = val_files == resume["val_files"] and resume.get("dataset_key", dataset_key(train_data, config.data)) \
-        == dataset_key(train_data, config.data)
+    same = val_files == resume["val_files"] and resume.get("dataset_key", key) == key
     if not same and not config.allow_data_change:
         raise DataError(f"--resume: the training images in {config.data} changed since the run began (other files "
                         "or labels), so its training and validation split would change; resume on the same data, or "
@@ -352,8 +351,9 @@ def prepare_session(config: TrainConfig, rt: Runtime, run_dir: Path | None = Non
     config.name = run_dir.name
     train_data = load_train_data(config, rt, run_dir)
     channels = int(train_data.pixels.shape[1])
+    key = dataset_key(train_data, config.data)
     if resume:
-        check_same_data(resume, train_data, config)
+        check_same_data(resume, train_data, config, key)
     local_batch = config.batch_size // rt.world_size
     if local_batch < 1:
         raise DataError(f"--batch-size {config.batch_size} is smaller than the number of processes ({rt.world_size})")
@@ -406,7 +406,7 @@ def prepare_session(config: TrainConfig, rt: Runtime, run_dir: Path | None = Non
                 nn.CrossEntropyLoss(weight=class_weights(train_data, rt.device) if config.balance == "loss" else None,
                                     label_smoothing=config.label_smoothing),
                 data.Mix(config.mixup, config.cutmix),
-                EMA(model, config.ema) if config.ema else None, dataset_key=dataset_key(train_data, config.data))
+                EMA(model, config.ema) if config.ema else None, dataset_key=key)
     if resume:
         if s.ema:
             s.ema.model.load_state_dict(resume["model"])
