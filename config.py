@@ -64,9 +64,9 @@ class TrainConfig:
                           choices=["auto", "fp32", "bf16", "fp16"])
     channels_last: str = _opt("auto", "memory format: on, off, or auto (measured with --precision)",
                               choices=["auto", "on", "off"])
-    compile: bool = _opt(False, "compile the model with torch.compile (needs a C++ compiler on the CPU): the first step "
-                                "takes 15 s to minutes longer; whether later steps are faster depends on the model and "
-                                "machine: bench/compile_step.py measures it")
+    compile: bool = _opt(False, "compile the model with torch.compile (needs a C++ compiler on the CPU; on one GPU its "
+                                "steps replay as CUDA graphs): the first step takes 15 s to minutes longer; whether later "
+                                "steps are faster depends on the model and machine: bench/compile_step.py measures it")
     seed: int = _opt(0, "random seed (split, initialisation, shuffling, augmentation)")
     name: str = _opt("", "run name (default: <arch>-<date>-<time>)")
     runs_dir: str = _opt("runs", "folder that holds the run folders")
@@ -85,6 +85,9 @@ class TrainConfig:
     label_col: str = _opt("", "label column of train.csv (default: detected)")
     cache_dir: str = _opt("", "where decoded images are cached (default: DATA/.cache)")
     device: str = _opt("auto", "auto (CUDA when available), cpu, cuda, cuda:N")
+    cudnn_benchmark: bool = _opt(False, "on a GPU, let cuDNN time every algorithm of each convolution shape on its first "
+                                        "use and keep the fastest: can speed up long runs of models with few distinct "
+                                        "convolutions, delays the start of ones with many (ReXNet)")
     deterministic: bool = _opt(False, "the same results run after run on a GPU as well (deterministic kernels, no "
                                       "autotuning, no TF32): slower")
     stop_at_epoch: int = _opt(0, "stop (resumably) after this epoch, keeping the schedule of --epochs; "
@@ -104,7 +107,7 @@ MIN_IMG_SIZE = 8
 
 # Flags that may differ from the saved run when resuming; any other flag must match it.
 RESUMABLE_CHANGES = {"epochs", "stop_at_epoch", "progress", "resume", "device", "runs_dir", "cache_dir", "compile",
-                     "allow_data_change", "patience", "deterministic"}
+                     "allow_data_change", "patience", "deterministic", "cudnn_benchmark"}
 
 
 def build_parser(arch: str, defaults: dict) -> argparse.ArgumentParser:
@@ -228,4 +231,4 @@ def save_config(config: TrainConfig, run_dir: Path):
 
 # Flags that say where or how a run is carried out, not what it trains: left out of its command.
 NOT_IN_COMMAND = {"arch", "data", "name", "runs_dir", "resume", "progress", "stop_at_epoch", "device", "cache_dir",
-                  "compile", "allow_data_change"}
+                  "compile", "cudnn_benchmark", "allow_data_change"}

@@ -790,7 +790,7 @@ def tta_views(x: torch.Tensor, hflip: bool) -> list[torch.Tensor]:
 
 
 def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
-    """Float images in 0..1 to zero-mean unit-std per channel (mean/std from the training images)."""
+    """Float images in 0..1 to zero-mean unit-std per channel (mean/std: sequences, or tensors on x's device)."""
     mean = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     std = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     return (x - mean) / std
@@ -805,14 +805,22 @@ class Preprocess:
     std: list[float] | None = None
     augment: Augment | None = None
     memory_format: torch.memory_format = torch.contiguous_format
+    _stats: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __call__(self, x: torch.Tensor, train: bool = False) -> torch.Tensor:
         x = to_float(x)
         if train and self.augment is not None:
             x = self.augment(x)
         if self.mean is not None:
-            x = normalize(x, self.mean, self.std)
+            x = normalize(x, *self._on(x.device))
         return x.contiguous(memory_format=self.memory_format)
+
+    def _on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """mean and std as tensors on `device`, made once: copying them there every batch would make the host
+        wait for a GPU each time."""
+        if device not in self._stats:
+            self._stats[device] = (torch.tensor(self.mean, device=device), torch.tensor(self.std, device=device))
+        return self._stats[device]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -41,9 +41,11 @@ class Runtime:
         return self.world_size > 1
 
 
-def setup_runtime(device: str = "auto", deterministic: bool = False) -> Runtime:
+def setup_runtime(device: str = "auto", deterministic: bool = False, cudnn_benchmark: bool = False) -> Runtime:
     """Pick the device, and join the torchrun process group when launched by torchrun. `deterministic`: the
-    same results run after run on a GPU too (deterministic algorithms, no cuDNN autotuning, no TF32), slower."""
+    same results run after run on a GPU too (deterministic algorithms, no cuDNN autotuning, no TF32), slower.
+    `cudnn_benchmark`: cuDNN tries every algorithm of each new convolution shape once and keeps the fastest
+    (see `no_autotune` for where it never does)."""
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's deterministic mode needs it
         torch.use_deterministic_algorithms(True, warn_only=True)  # an op without such a kernel warns, not fails
@@ -57,7 +59,10 @@ def setup_runtime(device: str = "auto", deterministic: bool = False) -> Runtime:
             raise SetupError(f"--device {device}: CUDA is not available on this machine")
         dev = torch.device("cuda", local_rank if world_size > 1 else (dev.index or 0))
         torch.cuda.set_device(dev)
-        torch.backends.cudnn.benchmark = not deterministic
+        # Autotuning is off unless asked for: it runs every algorithm of each distinct convolution shape on its
+        # first use, and models such as ReXNet (a different channel count in each block) have dozens of shapes,
+        # forward and backward: the first steps wait on all of them.
+        torch.backends.cudnn.benchmark = cudnn_benchmark and not deterministic
         torch.backends.cudnn.deterministic = deterministic
         torch.backends.cuda.matmul.allow_tf32 = not deterministic
         torch.backends.cudnn.allow_tf32 = not deterministic
@@ -67,6 +72,22 @@ def setup_runtime(device: str = "auto", deterministic: bool = False) -> Runtime:
             local = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
     return Runtime(dev, int(os.environ.get("RANK", "0")), world_size, local_rank)
+
+
+def no_autotune():
+    """A context without cuDNN autotuning (the other cuDNN settings unchanged): where shapes are many or seen
+    once (the format trial's copies, evaluation's batches and its last, smaller one), tuning each would cost
+    more than it saves."""
+    return torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, benchmark=False,
+                                      deterministic=torch.backends.cudnn.deterministic,
+                                      allow_tf32=torch.backends.cudnn.allow_tf32)
+
+
+def cuda_graphs(rt: Runtime) -> bool:
+    """Whether --compile captures the training step in CUDA graphs (torch.compile's "reduce-overhead"): on a
+    GPU in one process, where a small model's step is bound by launching its kernels one by one. Not under
+    torchrun: DistributedDataParallel's gradient all-reduce runs outside the graphs."""
+    return rt.device.type == "cuda" and not rt.distributed
 
 
 @dataclass(frozen=True)
@@ -115,11 +136,9 @@ def measure_formats(model: nn.Module, x: torch.Tensor, y: torch.Tensor, modes: l
     included: a run must start quickly; where even the warm-up outlasts the budget, its last round decides).
     Close formats need the extra rounds because single steps on a shared machine are noisy (BENCHMARKS.md);
     the decision is remembered (`choose_format`), so it is measured once per model, size and machine."""
-    # No cuDNN autotuning while measuring: it would tune every convolution of every trial copy (the run itself
-    # tunes its one format); the formats are compared with the same default kernel choice.
-    with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, benchmark=False,
-                                    deterministic=torch.backends.cudnn.deterministic,
-                                    allow_tf32=torch.backends.cudnn.allow_tf32):
+    # No cuDNN autotuning while measuring: it would tune every convolution of every trial copy; the formats are
+    # compared with the same default kernel choice.
+    with no_autotune():
         return _measure(model, x, y, modes, device, warmup, min_steps, max_steps, budget_s)
 
 
@@ -272,7 +291,9 @@ def choose_format(precision: str, channels_last: str, model: nn.Module, x: torch
 
 def compile_model(model: nn.Module, rt: Runtime) -> nn.Module:
     """torch.compile for training. It shares the parameters of `model`, whose state_dict (without the compiled
-    wrapper's "_orig_mod." prefix) is what checkpoints keep; evaluation runs the plain model."""
+    wrapper's "_orig_mod." prefix) is what checkpoints keep; evaluation runs the plain model. On a GPU in one
+    process its forward and backward passes replay as CUDA graphs (`cuda_graphs`): the loop then marks where
+    each step begins (torch.compiler.cudagraph_mark_step_begin)."""
     if rt.device.type == "cpu":
         import torch._inductor.config as inductor_config
         wanted = inductor_config.cpp.cxx  # what inductor will run: $CXX, else g++ (clang++ on macOS)
@@ -281,9 +302,11 @@ def compile_model(model: nn.Module, rt: Runtime) -> nn.Module:
             raise SetupError(f"--compile on the CPU needs a C++ compiler ({' or '.join(names)}, set by $CXX) and "
                              "found none on the PATH: install one (e.g. apt-get install g++) or train without "
                              "compiling (--no-compile)")
+    mode = "reduce-overhead" if cuda_graphs(rt) else None
     if rt.is_main:
-        log.info("--compile: compiling the model; the first training step takes longer")
-    return torch.compile(model)
+        log.info("--compile: compiling the model%s; the first training step takes longer",
+                 ", its steps captured in CUDA graphs" if mode else "")
+    return torch.compile(model, mode=mode)
 
 
 def all_reduce(values: list[float], rt: Runtime) -> list[float]:

@@ -37,7 +37,7 @@ from config import TrainConfig, parse_config, save_config
 from errors import DataError, OptionError, SetupError, UsageError
 from fileio import atomic_write_text
 from models import WEIGHTS, WeightsError, build_model, head_name
-from runtime import (ComputeFormat, Runtime, all_reduce, any_process, choose_format, compile_model,
+from runtime import (ComputeFormat, Runtime, all_reduce, any_process, choose_format, compile_model, cuda_graphs, no_autotune,
                      setup_runtime)
 
 log = logging.getLogger("imgcomp")
@@ -422,6 +422,46 @@ def prepare_session(config: TrainConfig, rt: Runtime, run_dir: Path | None = Non
 # The loop
 # ----------------------------------------------------------------------------------------------
 
+class DeviceSums:
+    """Loss and correct-prediction sums of this process's batches, added up on the device, and their image
+    count on the host. Reading them waits for the device; `peek` does not: it starts a copy to the host and
+    returns the latest copy that has arrived (on the CPU, the current sums), so progress and the divergence
+    check never stall the queue of work on a GPU."""
+
+    def __init__(self, device: torch.device, loss_sum: float = 0.0, correct: float = 0.0, seen: int = 0):
+        self.base = (loss_sum, correct, seen)  # an interrupted part of the epoch, already on the host
+        self.sums = torch.zeros(2, dtype=torch.float64, device=device)
+        self.seen = 0
+        self._async = device.type == "cuda"
+        self._host = torch.zeros(2, dtype=torch.float64, pin_memory=self._async)
+        self._copy: tuple[torch.cuda.Event, int] | None = None  # a copy under way, and the count it holds
+        self._latest = self.base
+
+    def add(self, loss_sum: torch.Tensor, correct: torch.Tensor, n: int):
+        self.sums += torch.stack([loss_sum.double(), correct.double()])
+        self.seen += n
+
+    def _with_base(self, values, seen: int) -> tuple[float, float, int]:
+        return values[0] + self.base[0], values[1] + self.base[1], seen + self.base[2]
+
+    def peek(self) -> tuple[float, float, int]:
+        """(loss sum, correct, seen) as of a recent batch, without waiting for the device."""
+        if self._copy is not None and self._copy[0].query():
+            self._latest, self._copy = self._with_base(self._host.tolist(), self._copy[1]), None
+        if self._copy is None:
+            self._host.copy_(self.sums, non_blocking=self._async)
+            if self._async:
+                self._copy = (torch.cuda.Event(), self.seen)
+                self._copy[0].record()
+            else:
+                self._latest = self._with_base(self._host.tolist(), self.seen)
+        return self._latest
+
+    def total(self) -> list[float]:
+        """(loss sum, correct, seen) of every batch so far; waits for the device."""
+        return list(self._with_base(self.sums.tolist(), self.seen))
+
+
 def train_one_epoch(s: Session, epoch: int, stop: StopRequest, start_step: int = 0, partial: dict | None = None,
                     stop_step: int | None = None) -> EpochResult:
     """One epoch of training (epochs count from 1), from `start_step` (with the `partial` sums of its
@@ -430,10 +470,10 @@ def train_one_epoch(s: Session, epoch: int, stop: StopRequest, start_step: int =
     cfg, rt = s.config, s.rt
     steps = s.schedule.steps_per_epoch if stop_step is None else min(stop_step, s.schedule.steps_per_epoch)
     s.model.train()
-    sums = torch.zeros(3, dtype=torch.float64, device=rt.device)  # loss * n, correct, n (this process)
-    if partial and rt.is_main:  # the interrupted part of this epoch, summed over processes when saved
-        sums += torch.tensor([partial["loss_sum"], partial["correct"], partial["seen"]], dtype=torch.float64,
-                             device=rt.device)
+    # The interrupted part of this epoch (summed over processes when saved) counts once: on rank 0.
+    sums = DeviceSums(rt.device, *((partial["loss_sum"], partial["correct"], partial["seen"]) if partial and rt.is_main
+                                   else ()))
+    graphs = cfg.compile and cuda_graphs(rt)  # the compiled model replays CUDA graphs: mark each step
     seconds = partial["seconds"] if partial else 0.0
     batches = data.batches(s.data.pixels, s.data.labels, s.data.train_idx, cfg.batch_size, rt.device, shuffle=True,
                            seed=cfg.seed, epoch=epoch, drop_last=True, start_step=start_step, stop_step=steps,
@@ -451,6 +491,8 @@ def train_one_epoch(s: Session, epoch: int, stop: StopRequest, start_step: int =
         targets = y
         if s.mix.active:  # soft targets; accuracy counts the label that weighs most in each mixed image
             x, targets, y = s.mix(x, y, classes)
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()
         with compute.autocast(rt.device):
             logits = s.model(x)
             loss = s.loss_fn(logits, targets)
@@ -463,24 +505,24 @@ def train_one_epoch(s: Session, epoch: int, stop: StopRequest, start_step: int =
         s.optimizer.zero_grad(set_to_none=True)
         if s.ema:
             s.ema.update((epoch - 1) * s.schedule.steps_per_epoch + step)
-        sums += torch.stack([loss.detach().double() * len(y), (logits.argmax(1) == y).sum().double(),
-                             torch.tensor(float(len(y)), dtype=torch.float64, device=rt.device)])
+        sums.add(loss.detach() * len(y), (logits.argmax(1) == y).sum(), len(y))
         bar.update()
         last = step + 1 == steps
-        if step % 10 == 0 or last:  # reading values back waits for the device: not every step
-            loss_sum, correct, seen = sums.tolist()
+        if step % 10 == 0 or last:
+            loss_sum, correct, seen = sums.peek()  # a few steps behind on a GPU: it does not wait for it
             if not math.isfinite(loss_sum):
-                raise Diverged(f"the training loss became {loss_sum} at epoch {epoch}, step {step + 1}")
+                raise Diverged(f"the training loss became {loss_sum} by epoch {epoch}, step {step + 1}")
             elapsed = seconds + time.perf_counter() - start
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}",
-                            img_s=f"{seen * rt.world_size / max(elapsed, 1e-9):.0f}", refresh=False)
+            if seen:
+                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}",
+                                img_s=f"{seen * rt.world_size / max(elapsed, 1e-9):.0f}", refresh=False)
         # Across processes the stop request is agreed every 10 steps (an all-reduce waits for the device).
         if not last and (stop.requested if not rt.distributed else step % 10 == 0 and any_process(stop.requested, rt)):
             bar.close()
-            return EpochResult(*all_reduce(sums.tolist(), rt), seconds + time.perf_counter() - start, lr,
+            return EpochResult(*all_reduce(sums.total(), rt), seconds + time.perf_counter() - start, lr,
                                stopped_at=step + 1)
     bar.close()
-    loss_sum, correct, seen = all_reduce(sums.tolist(), rt)
+    loss_sum, correct, seen = all_reduce(sums.total(), rt)
     if not math.isfinite(loss_sum):
         raise Diverged(f"the training loss became {loss_sum} at epoch {epoch}")
     return EpochResult(loss_sum, correct, seen, seconds + time.perf_counter() - start, lr)
@@ -495,21 +537,21 @@ def evaluate(s: Session, indices: np.ndarray) -> dict:
     model = s.eval_model.eval()
     device = s.rt.device
     labels = torch.from_numpy(s.data.labels).to(device)
-    sums = torch.zeros(3, dtype=torch.float64, device=device)
+    sums = DeviceSums(device)
     seen_idx, seen_probs = [], []
-    for x, idx in data.batches(s.data.pixels, None, indices, s.config.batch_size * 2, device,
-                               rank=s.rt.rank, world_size=s.rt.world_size):
-        if len(idx) == 0:
-            continue
-        y = labels[idx]
-        with s.spec.compute.autocast(device):
-            logits = model(s.preprocess(x)).float()  # no DDP forward: ranks may have uneven batches
-        sums += torch.stack([torch.nn.functional.cross_entropy(logits, y, reduction="sum").double(),
-                             (logits.argmax(1) == y).sum().double(),
-                             torch.tensor(float(len(y)), dtype=torch.float64, device=device)])
-        seen_idx.append(idx)
-        seen_probs.append(logits.softmax(1))
-    loss_sum, correct, seen = all_reduce(sums.tolist(), s.rt)
+    with no_autotune():  # its batch shapes are not the training step's: tuning them would not pay
+        for x, idx in data.batches(s.data.pixels, None, indices, s.config.batch_size * 2, device,
+                                   rank=s.rt.rank, world_size=s.rt.world_size):
+            if len(idx) == 0:
+                continue
+            y = labels[idx]
+            with s.spec.compute.autocast(device):
+                logits = model(s.preprocess(x)).float()  # no DDP forward: ranks may have uneven batches
+            sums.add(torch.nn.functional.cross_entropy(logits, y, reduction="sum"), (logits.argmax(1) == y).sum(),
+                     len(y))
+            seen_idx.append(idx)
+            seen_probs.append(logits.softmax(1))
+    loss_sum, correct, seen = all_reduce(sums.total(), s.rt)
     idx = torch.cat(seen_idx).cpu().numpy() if seen_idx else np.zeros(0, np.int64)
     probs = torch.cat(seen_probs).double().cpu().numpy() if seen_probs else np.zeros((0, len(s.spec.class_names)))
     if s.rt.distributed:
@@ -525,7 +567,7 @@ def evaluate(s: Session, indices: np.ndarray) -> dict:
 def train(config: TrainConfig, script_defaults: dict | None = None) -> Path:
     """Train a model as `config` says; returns the run folder. `script_defaults` (those of the train_<arch>.py
     that runs it) are recorded in run.json, so that the runs table can write the run's command."""
-    rt = setup_runtime(config.device, config.deterministic)
+    rt = setup_runtime(config.device, config.deterministic, config.cudnn_benchmark)
     logging.basicConfig(level=logging.INFO if rt.is_main else logging.WARNING, format="%(message)s", stream=sys.stdout,
                         force=True)
     try:
@@ -671,7 +713,7 @@ def train_folds(config: TrainConfig, script_defaults: dict | None = None) -> Pat
     """--folds K: train (or resume, or skip when done) the runs NAME-f1..NAME-fK, each holding out its fold, then
     collect their out-of-fold predictions in RUNS/NAME-oof.csv and print the out-of-fold score. Running the same
     command again resumes where it stopped. Returns the out-of-fold file."""
-    rt = setup_runtime(config.device, config.deterministic)
+    rt = setup_runtime(config.device, config.deterministic, config.cudnn_benchmark)
     logging.basicConfig(level=logging.INFO if rt.is_main else logging.WARNING, format="%(message)s", stream=sys.stdout,
                         force=True)
     base = config.name or f"{config.arch}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -5,6 +5,7 @@ a benchmark with targets.
     python bench/profile_step.py --arch cnn                      # the mode --precision auto picks
     python bench/profile_step.py --arch resnet --mode bf16+channels_last --steps 10 --rows 30
     python bench/profile_step.py --arch cnn --trace /tmp/cnn-trace.json    # open in chrome://tracing or Perfetto
+    python bench/profile_step.py --arch rexnet --device cuda     # GPU: kernels by GPU time, and the host's share
 """
 from __future__ import annotations
 
@@ -36,19 +37,29 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--rows", type=int, default=25, help="operators to list")
     parser.add_argument("--trace", default=None, help="also write a Chrome trace here")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     args = parser.parse_args(argv)
+    cuda = args.device.startswith("cuda")
     data_dir = str(common.demo_dir(args.data))
     precision, _, cl = args.mode.partition("+")
     with tempfile.TemporaryDirectory(prefix="bench-profile-") as runs_dir:
-        s, _ = train_step.session(args.arch, data_dir, runs_dir, precision,
-                                  "auto" if precision == "auto" else ("on" if cl else "off"))
+        s, setup = train_step.session(args.arch, data_dir, runs_dir, precision,
+                                      "auto" if precision == "auto" else ("on" if cl else "off"), device=args.device)
         ours = train_step.Ours(s)
-        ours.run(2)  # warm-up
-        with profile(activities=[ProfilerActivity.CPU], record_shapes=False) as prof:
+        warm = ours.run(2)  # warm-up: kernels chosen, memory allocated
+        plain = ours.run(args.steps)
+        with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else []),
+                     record_shapes=False) as prof:
             rate = ours.run(args.steps)
-    print(f"{args.arch} in {s.spec.compute}: {rate:,.0f} images/s over {args.steps} steps of batch {s.config.batch_size} "
-          f"(profiler on; torch threads {torch.get_num_threads()})\n")
+    print(f"{args.arch} in {s.spec.compute} on {s.rt.device}: setting up {setup:.1f} s, first 2 steps "
+          f"{2 * s.config.batch_size / warm:.2f} s, then {plain:,.0f} images/s over {args.steps} steps of batch "
+          f"{s.config.batch_size} ({rate:,.0f} with the profiler on; torch threads {torch.get_num_threads()})\n")
     events = prof.key_averages()
+    if cuda:  # where the GPU's time goes; the CPU table below says what the host spends launching it
+        print(events.table(sort_by="self_device_time_total", row_limit=args.rows))
+        gpu = sum(e.self_device_time_total for e in events)
+        print(f"GPU busy {gpu / 1e3:.1f} ms of {args.steps * s.config.batch_size / rate * 1e3:.1f} ms "
+              f"({100 * gpu / 1e6 / (args.steps * s.config.batch_size / rate):.0f}%)\n")
     print(events.table(sort_by="self_cpu_time_total", row_limit=args.rows))
     total = sum(e.self_cpu_time_total for e in events)
     # The optimiser's work is many small per-parameter operators: counted by its step's total instead.

@@ -33,7 +33,7 @@ import data
 import trainer
 from config import make_config
 from models import build_model
-from runtime import Runtime, candidate_formats
+from runtime import candidate_formats, setup_runtime
 
 PLAIN = "plain fp32"
 
@@ -44,14 +44,14 @@ def script_defaults(arch: str) -> dict:
 
 
 def session(arch: str, data_dir: str, runs_dir: str, precision: str, channels_last: str,
-            compile: bool = False) -> tuple[trainer.Session, float]:
-    """A training session as train_<arch>.py sets it up, on all the demo's images (compiled with `compile`);
-    and the seconds that setting up took (for auto, mostly its measurement of the modes)."""
+            compile: bool = False, device: str = "cpu") -> tuple[trainer.Session, float]:
+    """A training session as train_<arch>.py sets it up on `device`, on all the demo's images (compiled with
+    `compile`); and the seconds that setting up took (for auto, mostly its measurement of the modes)."""
     config = make_config(arch, script_defaults(arch), data=data_dir, val_split=0.0, precision=precision,
                          channels_last=channels_last, progress=False, runs_dir=runs_dir, compile=compile,
-                         name=f"{arch}-{precision}-{channels_last}{'-compiled' if compile else ''}")
+                         device=device, name=f"{arch}-{precision}-{channels_last}{'-compiled' if compile else ''}")
     start = time.perf_counter()
-    s, _, _ = trainer.prepare_session(config, Runtime(torch.device("cpu")))
+    s, _, _ = trainer.prepare_session(config, setup_runtime(device))
     return s, time.perf_counter() - start
 
 

@@ -496,3 +496,89 @@ def test_training_on_a_gpu_keeps_the_images_there_and_resumes(dataset, tmp_path)
     train("cnn", "--resume", parts, "--no-progress")
     assert comparable(metrics(parts)) == comparable(metrics(one_go))
     assert float(metrics(one_go)[-1]["val_acc"]) >= 0.8
+
+
+def test_device_sums_count_exactly_and_a_peek_does_not_lag_on_the_cpu():
+    sums = trainer.DeviceSums(torch.device("cpu"), loss_sum=1.5, correct=2, seen=4)  # an interrupted part
+    for loss, correct, n in [(0.5, 3, 4), (0.25, 1, 2)]:
+        sums.add(torch.tensor(loss * n), torch.tensor(correct), n)
+        assert list(sums.peek()) == pytest.approx(sums.total())  # on the CPU a peek is the current sums
+    assert sums.total() == pytest.approx([1.5 + 2.0 + 0.5, 2 + 3 + 1, 4 + 4 + 2])
+    assert trainer.DeviceSums(torch.device("cpu")).total() == [0.0, 0.0, 0.0]
+
+
+def test_cudnn_autotuning_never_runs_in_evaluation_or_the_format_trial(dataset, tmp_path, monkeypatch):
+    # On a GPU --cudnn-benchmark tunes the training step's one set of shapes; evaluation's batches (and its
+    # last, smaller one) and the trial copies of the format measurement are never tuned. The flag is global
+    # torch state, so the CPU can check where it is set.
+    config = options.make_config("cnn", {}, data=str(dataset), img_size=16, batch_size=16, precision="fp32",
+                                 channels_last="off", runs_dir=str(tmp_path), name="flags", progress=False)
+    s, _, _ = trainer.prepare_session(config, runtime.Runtime(torch.device("cpu")))
+    seen = {"trial": set(), "train": set(), "eval": set()}
+    where = ["trial"]
+    real_forward = torch.nn.Conv2d.forward
+    monkeypatch.setattr(torch.nn.Conv2d, "forward",
+                        lambda self, x: seen[where[0]].add(torch.backends.cudnn.benchmark) or real_forward(self, x))
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)  # as setup_runtime sets it for --cudnn-benchmark
+    x, y = next(data.batches(s.data.pixels, s.data.labels, s.data.train_idx, 16, torch.device("cpu")))
+    runtime.measure_formats(s.raw_model, s.preprocess(x), y, runtime.candidate_formats("auto", "auto", s.rt.device),
+                            s.rt.device, warmup=1, min_steps=1, max_steps=1)
+    where[0] = "train"
+    trainer.train_one_epoch(s, 1, trainer.StopRequest(), stop_step=2)
+    where[0] = "eval"
+    result = trainer.evaluate(s, s.data.val_idx)
+    assert seen == {"trial": {False}, "train": {True}, "eval": {False}} and 0 <= result["acc"] <= 1
+    assert torch.backends.cudnn.benchmark  # restored after each
+    assert options.make_config("cnn", {}, data=str(dataset)).cudnn_benchmark is False  # off unless asked for
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cudnn_autotuning_is_off_unless_asked_for_and_never_when_deterministic():
+    try:
+        assert runtime.setup_runtime("cuda").device.type == "cuda" and not torch.backends.cudnn.benchmark
+        runtime.setup_runtime("cuda", cudnn_benchmark=True)
+        assert torch.backends.cudnn.benchmark
+        runtime.setup_runtime("cuda", deterministic=True, cudnn_benchmark=True)
+        assert not torch.backends.cudnn.benchmark and torch.backends.cudnn.deterministic
+    finally:
+        torch.use_deterministic_algorithms(False)
+        runtime.setup_runtime("cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_training_steps_do_not_wait_for_the_gpu(dataset, tmp_path, monkeypatch):
+    # The host queues step after step; only the end of an epoch reads its sums back. torch's sync debug mode
+    # warns at each synchronising call: as many in 3 steps as in 12 means none of them is per step.
+    import warnings
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    config = options.make_config("cnn", {}, data=str(dataset), img_size=16, batch_size=4, runs_dir=str(tmp_path),
+                                 name="syncs", progress=False, device="cuda", precision="bf16", channels_last="on",
+                                 translate=2, rotate=10.0)
+    s, _, _ = trainer.prepare_session(config, runtime.setup_runtime("cuda"))
+    stop = trainer.StopRequest()
+    trainer.train_one_epoch(s, 1, stop, stop_step=3)  # warm-up: kernels chosen, memory allocated
+    counts = {}
+    for epoch, steps in ((2, 3), (3, 12)):
+        torch.cuda.synchronize()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                result = trainer.train_one_epoch(s, epoch, stop, stop_step=steps)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        counts[steps] = sum("synchroniz" in str(w.message) for w in caught)
+        assert result.seen == 4 * steps
+    assert counts[3] == counts[12], counts
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_compile_on_a_gpu_replays_cuda_graphs_and_resumes(dataset, tmp_path):
+    common = ["--data", dataset, "--runs-dir", tmp_path, "--img-size", 16, "--device", "cuda", "--precision", "bf16",
+              "--channels-last", "on", "--no-progress", "--batch-size", "16"]
+    run = train("cnn", *common, "--epochs", 2, "--stop-at-epoch", 1, "--name", "graphs", "--compile")
+    train("cnn", "--resume", run, "--no-progress")  # resumed with CUDA graphs again (--compile is kept)
+    rows = metrics(run)
+    assert len(rows) == 2 and all(np.isfinite(float(r["train_loss"])) for r in rows)
+    assert float(rows[-1]["val_acc"]) >= 0.8
+    assert "_orig_mod." not in "".join(checkpoint.load_checkpoint(run / "last.pt")["model"])
