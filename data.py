@@ -597,11 +597,15 @@ def batches(pixels: np.ndarray, labels: np.ndarray | None, indices: np.ndarray, 
             balance: bool = False):
     """The one batch path of training, evaluation, prediction and the benchmarks: (uint8 images, labels)
     on `device`, gathered from the cached array by index on a background thread while the current batch is
-    used (`iterate_batches` + `prefetch`). With `labels` None each batch's second item is its indices.
-    `Preprocess` then turns the images into the model's input."""
-    return prefetch(iterate_batches(pixels, labels, indices, batch_size, shuffle=shuffle, seed=seed, epoch=epoch,
-                                    drop_last=drop_last, start_step=start_step, stop_step=stop_step, rank=rank,
-                                    world_size=world_size, balance=balance), device)
+    used (`iterate_batches` + `prefetch`); images resident on the GPU (`resident`) are gathered there, in
+    order, with no thread: a gather there is one more kernel queued. With `labels` None each batch's second
+    item is its indices. `Preprocess` then turns the images into the model's input."""
+    batches = iterate_batches(pixels, labels, indices, batch_size, shuffle=shuffle, seed=seed, epoch=epoch,
+                              drop_last=drop_last, start_step=start_step, stop_step=stop_step, rank=rank,
+                              world_size=world_size, balance=balance)
+    if isinstance(pixels, torch.Tensor) and pixels.is_cuda:
+        return batches
+    return prefetch(batches, device)
 
 
 def iterate_batches(pixels: np.ndarray, labels: np.ndarray | None, indices: np.ndarray, batch_size: int,
@@ -623,14 +627,17 @@ def iterate_batches(pixels: np.ndarray, labels: np.ndarray | None, indices: np.n
         indices = np.random.default_rng([seed, epoch]).permutation(indices)
     n_steps = count_batches(len(indices), batch_size, drop_last)
     on_device = isinstance(pixels, torch.Tensor)
+    if on_device and labels is not None:  # resident images (`resident`): their labels beside them
+        labels = torch.from_numpy(labels).to(pixels.device)
     for step in range(start_step, n_steps if stop_step is None else min(stop_step, n_steps)):
         idx = np.sort(indices[step * batch_size:(step + 1) * batch_size][rank::world_size])
-        if on_device:  # resident images (`resident`): gathered where they are
-            x = pixels[torch.from_numpy(idx).to(pixels.device, non_blocking=True)]
+        if on_device:  # gathered where the images are; the indices go there from pinned memory, without waiting
+            where = torch.from_numpy(idx)
+            where = where.pin_memory().to(pixels.device, non_blocking=True) if pixels.is_cuda else where
+            yield pixels[where], labels[where] if labels is not None else where
         else:
             x = torch.from_numpy(np.ascontiguousarray(pixels[idx]))
-        y = torch.from_numpy(labels[idx]) if labels is not None else torch.from_numpy(idx)
-        yield x, y
+            yield x, torch.from_numpy(labels[idx]) if labels is not None else torch.from_numpy(idx)
 
 
 def resident(pixels: np.ndarray, device: torch.device, share: float = 0.5) -> np.ndarray | torch.Tensor:

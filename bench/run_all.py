@@ -8,7 +8,8 @@ was measured.
     python bench/run_all.py --quick --full time_to_accuracy   # quick, but the accuracy target on all the data
 
 Each benchmark's section and targets are kept in bench/results/<name>.md and .json (next to --out), so
-measuring one benchmark again rewrites only its section. Run it on a quiet machine: every benchmark notes
+measuring one benchmark again rewrites only its section; `--only ''` only assembles them. The last section,
+bench/results/gpu.md, comes from a GPU machine (bench/gpu_check.sh) and is kept as it is. Run it on a quiet machine: every benchmark notes
 how much CPU other processes used while it ran, and anything else running on the CPU slows PyTorch's
 threads far more than its share.
 """
@@ -60,6 +61,8 @@ def assemble(out: Path, results: Path):
         result = json.loads(js.read_text())
         summary += [[result["title"], *common.Target(**{k: v for k, v in t.items() if k != "passed"}).cells()]
                     for t in result["targets"]]
+    if (results / "gpu.md").is_file():  # measured on a GPU machine by bench/gpu_check.sh, not by this script
+        sections.append((results / "gpu.md").read_text())
     m = common.machine()
     lines = [
         "# Benchmarks",

@@ -569,6 +569,8 @@ def test_training_steps_do_not_wait_for_the_gpu(dataset, tmp_path, monkeypatch):
                 torch.cuda.set_sync_debug_mode("default")
         counts[steps] = sum("synchroniz" in str(w.message) for w in caught)
         assert result.seen == 4 * steps
+    assert isinstance(s.data.pixels, torch.Tensor) and s.data.pixels.is_cuda  # the resident path was measured
+    assert counts[3] >= 1, counts  # the epoch's one read-back is seen: the check can see a wait
     assert counts[3] == counts[12], counts
 
 
