@@ -114,12 +114,26 @@ class ComputeFormat:
 def candidate_formats(precision: str, channels_last: str, device: torch.device) -> list[ComputeFormat]:
     """The formats that --precision and --channels-last allow on `device`."""
     if precision == "auto":
-        # fp16 needs loss scaling and overflows more easily; it is used only when asked for.
-        precisions = ["fp32", "bf16"] if device.type == "cpu" or torch.cuda.is_bf16_supported() else ["fp32", "fp16"]
+        # The half precision the hardware runs fast: bf16 where it has bf16 units, else fp16 on a GPU (it needs
+        # loss scaling and overflows more easily, so it is measured only where bf16 is not fast); a CPU without
+        # bf16 kernels gets fp32 alone. Emulated bf16 runs many times slower than fp32: timing even one of its
+        # steps would take the measurement far past its budget.
+        precisions = ["fp32"] + (["bf16"] if fast_bf16(device) else ["fp16"] if device.type == "cuda" else [])
     else:
         precisions = [precision]
     formats = {"auto": [False, True], "on": [True], "off": [False]}[channels_last]
     return [ComputeFormat(p, cl) for p in precisions for cl in formats]
+
+
+def fast_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bf16 natively: a GPU from Ampere on (not by emulation, as older ones do), a
+    CPU for which oneDNN has bf16 kernels (AVX-512, or Arm's bf16 instructions; AVX2 alone has none)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch without the check: measure it
+        return True
 
 
 def measure_formats(model: nn.Module, x: torch.Tensor, y: torch.Tensor, modes: list[ComputeFormat],

@@ -37,8 +37,8 @@ from config import TrainConfig, parse_config, save_config
 from errors import DataError, OptionError, SetupError, UsageError
 from fileio import atomic_write_text
 from models import WEIGHTS, WeightsError, build_model, head_name
-from runtime import (ComputeFormat, Runtime, all_reduce, any_process, choose_format, compile_model, cuda_graphs, no_autotune,
-                     setup_runtime)
+from runtime import (ComputeFormat, Runtime, all_reduce, any_process, choose_format, compile_model, cuda_graphs,
+                     no_autotune, setup_runtime)
 
 log = logging.getLogger("imgcomp")
 

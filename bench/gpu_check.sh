@@ -10,6 +10,7 @@
 # STAGES: a comma-separated choice of archs,cnn-full,tests,torchrun,autotune,graphs,profile (default: all of
 # them, in that order). OUTDIR gets report.md (the figures) and logs.tgz (every log, metrics.csv and run.json),
 # packed after every stage so that a run cut short still leaves them. Each step has its own time limit.
+# GPU_CHECK_LIMIT=N keeps only N images of each split: a dry run of the script itself, e.g. on a CPU.
 set -u
 export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1
 OUT=${1:-gpu-check}; STAGES=",${2:-archs,cnn-full,tests,torchrun,autotune,graphs,profile},"; mkdir -p "$OUT"
@@ -34,7 +35,7 @@ train() {
 cat "$L/machine.txt"
 
 el "data"
-timeout 120 python3 data.py fashion-mnist data/fm --source .gpu-data > "$L/data.log" 2>&1 || { echo "no demo data (.gpu-data)"; pack; exit 1; }
+timeout 120 python3 data.py fashion-mnist data/fm --source .gpu-data ${GPU_CHECK_LIMIT:+--limit "$GPU_CHECK_LIMIT"} > "$L/data.log" 2>&1 || { echo "no demo data (.gpu-data)"; pack; exit 1; }
 
 if want archs; then
   # Every architecture, two epochs of its own recipe; then the CNN once more: its second start shows the

@@ -6,25 +6,55 @@ Every builder takes ``(num_classes, in_chans, img_size, pretrained=False)`` (``p
 logits. To add an architecture, write ``models/<name>.py`` with a ``build_<name>`` function and
 add it to ``MODELS``.
 """
+import importlib
+from collections.abc import Mapping
+
 from torch import nn
 
-from . import alexnet, cnn, coatnet, resnet, rexnet
 from .weights import WeightsError, WeightsInfo
 
 __all__ = ["MODELS", "WEIGHTS", "WeightsError", "WeightsInfo", "build_model", "head_name"]
 
-MODELS = {
-    "cnn": cnn.build_cnn,
-    "alexnet": alexnet.build_alexnet,
-    "resnet": resnet.build_resnet,
-    "rexnet": rexnet.build_rexnet,
-    "coatnet": coatnet.build_coatnet,
-}
+# Each architecture's module is imported when it is first used: timm and torchvision (seconds of start-up)
+# are imported only by the runs that need them.
+ARCHS = ("cnn", "alexnet", "resnet", "rexnet", "coatnet")
+PRETRAINED = ("alexnet", "resnet", "rexnet", "coatnet")  # those with published weights (the CNN has none)
 
 
-# What each architecture's published weights expect (normalisation) and where their ends are; the CNN has none.
-WEIGHTS: dict[str, WeightsInfo] = {"alexnet": alexnet.WEIGHTS, "resnet": resnet.WEIGHTS, "rexnet": rexnet.WEIGHTS,
-                                   "coatnet": coatnet.WEIGHTS}
+def _module(arch: str):
+    return importlib.import_module(f"{__name__}.{arch}")
+
+
+def _builder(arch: str):
+    def build(*args, **kwargs) -> nn.Module:
+        return getattr(_module(arch), f"build_{arch}")(*args, **kwargs)
+    build.__name__ = build.__qualname__ = f"build_{arch}"
+    return build
+
+
+MODELS = {arch: _builder(arch) for arch in ARCHS}
+
+
+class _Weights(Mapping):
+    """What each architecture's published weights expect (normalisation) and where their ends are: its
+    module's WEIGHTS, read when first asked for."""
+
+    def __getitem__(self, arch: str) -> WeightsInfo:
+        if arch not in PRETRAINED:
+            raise KeyError(arch)
+        return _module(arch).WEIGHTS
+
+    def __contains__(self, arch) -> bool:  # without importing the module
+        return arch in PRETRAINED
+
+    def __iter__(self):
+        return iter(PRETRAINED)
+
+    def __len__(self) -> int:
+        return len(PRETRAINED)
+
+
+WEIGHTS: Mapping[str, WeightsInfo] = _Weights()
 
 
 def build_model(arch: str, num_classes: int, in_chans: int, img_size: int,

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from timm.models import adapt_input_conv
 from torch import nn
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
@@ -120,6 +119,7 @@ def fit_weights(model: nn.Module, state: dict[str, torch.Tensor], info: WeightsI
     first = info.first_conv + ".weight"
     if first in state and first in own and state[first].shape != own[first].shape:
         if state[first].shape[0] == own[first].shape[0] and state[first].shape[2:] == own[first].shape[2:]:
+            from timm.models import adapt_input_conv  # here: importing timm takes seconds
             state[first] = adapt_input_conv(own[first].shape[1], state[first])
         elif state[first].shape[2:] != own[first].shape[2:]:
             del state[first]

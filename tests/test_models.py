@@ -2,6 +2,9 @@
 
 All on CPU and offline: downloads of pretrained weights are replaced by fakes.
 """
+import subprocess
+import sys
+
 import pytest
 import timm
 import timm.models._builder
@@ -9,6 +12,7 @@ import torch
 import torchvision
 import torchvision.models._api
 
+from conftest import ROOT
 from models import MODELS, build_model
 
 NUM_CLASSES = 7  # not 10, so a hard-coded class count shows up
@@ -121,3 +125,15 @@ def test_pretrained_weights_load_and_adapt_to_one_channel(arch, img_size, monkey
         assert torch.allclose(loaded[first], published[first].sum(1, keepdim=True))
     with torch.no_grad():
         assert model(torch.randn(1, 1, img_size, img_size)).shape == (1, NUM_CLASSES)
+
+
+def test_the_cnn_starts_without_importing_timm_or_torchvision():
+    # Importing them takes seconds at every start; only the architectures built on them (or their weights) do.
+    code = ("import sys, trainer, predict; from models import WEIGHTS, build_model; build_model('cnn', 3, 1, 16); "
+            "assert 'resnet' in WEIGHTS and 'cnn' not in WEIGHTS; "
+            "print(sorted(m for m in ('timm', 'torchvision') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    code = "import sys; from models import build_model, WEIGHTS; build_model('rexnet', 3, 1, 28); print('timm' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          check=True).stdout.strip() == "True"

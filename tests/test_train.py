@@ -324,7 +324,7 @@ def test_a_modes_step_time_is_the_mean_without_the_slowest_step():
 
 
 def test_pick_mode_takes_the_fastest_but_prefers_fp32_when_within_5_percent():
-    fp32, fp32_cl, bf16, bf16_cl = runtime.candidate_formats("auto", "auto", torch.device("cpu"))
+    fp32, fp32_cl, bf16, bf16_cl = (runtime.ComputeFormat(p, cl) for p in ("fp32", "bf16") for cl in (False, True))
     # bf16+channels_last clearly fastest (the CNN's case): it is taken
     assert runtime.pick_format({fp32: 0.43, fp32_cl: 0.36, bf16: 0.22, bf16_cl: 0.13}) == bf16_cl
     # bf16+channels_last 3% faster than fp32+channels_last: full precision wins, the faster of the fp32 modes
@@ -337,6 +337,21 @@ def test_pick_mode_takes_the_fastest_but_prefers_fp32_when_within_5_percent():
     # a fixed precision (only fp16 candidates) still gets the fastest of them
     fp16, fp16_cl = runtime.candidate_formats("fp16", "auto", torch.device("cpu"))
     assert runtime.pick_format({fp16: 1.0, fp16_cl: 0.8}) == fp16_cl
+
+
+def test_precision_auto_measures_bf16_only_where_it_has_fast_kernels(monkeypatch):
+    # A CPU without bf16 kernels (AVX2 alone) runs bf16 many times slower than fp32: auto does not even try it,
+    # a GPU without native bf16 (before Ampere) tries fp16 instead; bf16 asked for by name is used anyway.
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(runtime, "fast_bf16", lambda device: False)
+    assert [str(m) for m in runtime.candidate_formats("auto", "auto", cpu)] == ["fp32", "fp32+channels_last"]
+    assert [str(m) for m in runtime.candidate_formats("auto", "on", cuda)] == ["fp32+channels_last",
+                                                                              "fp16+channels_last"]
+    assert runtime.candidate_formats("bf16", "off", cpu) == [runtime.ComputeFormat("bf16")]
+    monkeypatch.setattr(runtime, "fast_bf16", lambda device: True)
+    assert [str(m) for m in runtime.candidate_formats("auto", "auto", cpu)] == [
+        "fp32", "fp32+channels_last", "bf16", "bf16+channels_last"]
+    assert [str(m) for m in runtime.candidate_formats("auto", "off", cuda)] == ["fp32", "bf16"]
 
 
 @pytest.mark.skipif(not shutil.which(os.environ.get("CXX", "g++")), reason="torch.compile on the CPU needs g++ "
@@ -576,8 +591,7 @@ def test_training_steps_do_not_wait_for_the_gpu(dataset, tmp_path, monkeypatch):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_compile_on_a_gpu_replays_cuda_graphs_and_resumes(dataset, tmp_path):
-    common = ["--data", dataset, "--runs-dir", tmp_path, "--img-size", 16, "--device", "cuda", "--precision", "bf16",
-              "--channels-last", "on", "--no-progress", "--batch-size", "16"]
+    common = ["--data", dataset, "--runs-dir", tmp_path, "--img-size", 16, "--device", "cuda", *FAST]
     run = train("cnn", *common, "--epochs", 2, "--stop-at-epoch", 1, "--name", "graphs", "--compile")
     train("cnn", "--resume", run, "--no-progress")  # resumed with CUDA graphs again (--compile is kept)
     rows = metrics(run)
