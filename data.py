@@ -156,6 +156,8 @@ def _check_id(raw: str, where: str) -> str:
     ident = raw.strip()
     if not ident:
         raise DataError(f"{where}: empty id")
+    if "\\" not in ident and ".." not in ident and ident[0] != "/" and ident[1:2] != ":":  # most ids: quickly
+        return ident
     if os.path.isabs(ident) or ident.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", ident) \
             or ".." in re.split(r"[\\/]", ident):
         raise DataError(f"{where}: id {ident!r} points outside the data folder (absolute path or '..')")

@@ -23,6 +23,17 @@ from errors import SetupError
 from fileio import atomic_write_text
 
 log = logging.getLogger("imgcomp")
+_IMPORTED = time.perf_counter()
+
+
+def seconds_since_start() -> float:
+    """Seconds since this process started (imports included), from /proc on Linux; elsewhere since this module
+    was imported."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])  # field 22, starttime
+        return float(Path("/proc/uptime").read_text().split()[0]) - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return time.perf_counter() - _IMPORTED
 
 
 @dataclass

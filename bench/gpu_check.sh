@@ -88,8 +88,8 @@ runs_dir, logs = Path(sys.argv[1]), Path(sys.argv[2])
 print("# GPU check\n\n```\n" + (logs / "machine.txt").read_text() + "```\n")
 if runs_dir.is_dir():
     print(runs.runs_table(runs_dir))
-print("| run | compute format chosen | how | wall s | training s | start-up s (wall - training) | images/s |\n"
-      "|---|---|---|---|---|---|---|")
+print("| run | compute format chosen | how | ready after s | wall s | training s | wall - training s | images/s |\n"
+      "|---|---|---|---|---|---|---|---|")
 walls = dict(re.findall(r"^(\w[\w-]*) rc=\d+ wall=([\d.]+)", (logs / "stages.txt").read_text(), re.M))
 for info_path in sorted(runs_dir.glob("*/run.json")):
     info = runs.read_run_info(info_path.parent) or {}
@@ -97,7 +97,9 @@ for info_path in sorted(runs_dir.glob("*/run.json")):
     train = float(info.get("train_time") or 0)
     rate = f"{info['images_per_s']:.0f}" if info.get("images_per_s") else ""
     print(f"| {info_path.parent.name} | {info.get('mode', '')} | {(info.get('mode_choice') or {}).get('how', '')} "
-          f"| {wall:.1f} | {train:.1f} | {wall - train:.1f} | {rate} |")
+          f"| {info.get('startup_s', '')} | {wall:.1f} | {train:.1f} | {wall - train:.1f} | {rate} |")
+print("\nready after: seconds from the process's start (imports, data, model, compute format) to its first "
+      "training step; wall - training also holds evaluation, checkpoints and plots.")
 print("\n```\n" + (logs / "stages.txt").read_text() + "```")
 for name in ("predict.log", "pytest.log", "compile_step.log", "profile-rexnet.log", "profile-coatnet.log"):
     if (logs / name).is_file():

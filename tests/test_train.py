@@ -135,11 +135,16 @@ def test_every_script_trains_on_a_folder_dataset(arch, rgb_dataset, tmp_path):
 
 
 def test_scripts_run_from_the_command_line(dataset, tmp_path):
+    started = time.monotonic()
     out = subprocess.run([sys.executable, "train_cnn.py", "--data", str(dataset), "--runs-dir", str(tmp_path),
                           "--name", "cli", "--epochs", "1", "--img-size", "16", *FAST], cwd=ROOT,
                          capture_output=True, text=True, timeout=300)
+    wall = time.monotonic() - started
     assert out.returncode == 0, out.stderr
     assert [r["epoch"] for r in metrics(tmp_path / "cli")] == ["1"] and (tmp_path / "cli" / "best.pt").is_file()
+    # the seconds from the process's start to its first training step: imports included, within the run's wall
+    ready = json.loads((tmp_path / "cli" / "run.json").read_text())["startup_s"]
+    assert 0.5 < ready < wall and f"(ready {ready:.1f} s after start)" in out.stdout
     helptext = subprocess.run([sys.executable, "train_coatnet.py", "--help"], cwd=ROOT, capture_output=True,
                               text=True, check=True).stdout
     assert "--resume" in helptext and "(default: 32)" in helptext  # the script's own image size
@@ -598,3 +603,12 @@ def test_compile_on_a_gpu_replays_cuda_graphs_and_resumes(dataset, tmp_path):
     assert len(rows) == 2 and all(np.isfinite(float(r["train_loss"])) for r in rows)
     assert float(rows[-1]["val_acc"]) >= 0.8
     assert "_orig_mod." not in "".join(checkpoint.load_checkpoint(run / "last.pt")["model"])
+
+
+def test_relative_file_names_are_those_of_relpath(tmp_path):
+    # the fingerprint of a dataset and the names in val_predictions.csv: a string cut, checked against relpath
+    for root, path in [("data/comp", Path("data/comp/train/a/1.png")), ("data/comp/", Path("data/comp/train/1.png")),
+                       ("./data/comp", Path("data/comp/train/1.png")), (".", Path("train/1.png")),
+                       ("data/comp", Path("data/other/1.png")), ("data/co", Path("data/comp/1.png")),
+                       (str(tmp_path), tmp_path / "train" / "x y.png")]:
+        assert trainer._rel(path, root) == Path(os.path.relpath(path, root)).as_posix(), (root, path)
