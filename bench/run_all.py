@@ -49,8 +49,9 @@ def run_benchmark(name: str, args, quick: bool, results: Path) -> bool:
     return True
 
 
-def assemble(out: Path, results: Path):
-    """BENCHMARKS.md from the kept sections, in the issue's order."""
+def assemble(out: Path, results: Path, measured: bool = True):
+    """BENCHMARKS.md from the kept sections, in the issue's order. When nothing was `measured` in this run,
+    the machine and software lines of the existing file stay: its sections were measured there."""
     from runs import markdown_table  # here, not at the top: run_all.py --help need not import torch
     sections, summary = [], []
     for name in BENCHMARKS:
@@ -64,6 +65,12 @@ def assemble(out: Path, results: Path):
     if (results / "gpu.md").is_file():  # measured on a GPU machine by bench/gpu_check.sh, not by this script
         sections.append((results / "gpu.md").read_text())
     m = common.machine()
+    machine = f"- Machine: {m['cpu']}, {m['cores']} cores ({m['features']}), {m['memory']} memory, GPU: {m['gpu']}"
+    software = f"- Software: Python {m['python']}, torch {m['torch']}, torchvision {m['torchvision']}, OpenCV {m['opencv']}"
+    if not measured and out.is_file():
+        before = out.read_text(encoding="utf-8").splitlines()
+        machine = next((line for line in before if line.startswith("- Machine:")), machine)
+        software = next((line for line in before if line.startswith("- Software:")), software)
     lines = [
         "# Benchmarks",
         "",
@@ -71,8 +78,8 @@ def assemble(out: Path, results: Path):
         "scripts: per-sample PIL decoding in DataLoader workers, fp32), measured side by side in one run on the "
         "real Fashion-MNIST demo competition (`python data.py fashion-mnist data/fashion-mnist`).",
         "",
-        f"- Machine: {m['cpu']}, {m['cores']} cores ({m['features']}), {m['memory']} memory, GPU: {m['gpu']}",
-        f"- Software: Python {m['python']}, torch {m['torch']}, torchvision {m['torchvision']}, OpenCV {m['opencv']}",
+        machine,
+        software,
         "- Reproduce everything: `python bench/run_all.py` (about an hour and a half); `--only NAME` measures one benchmark "
         "again and keeps the other sections. Each section gives its own command, date and the load on the machine "
         "while it ran. Ratios are what count; times vary with the machine and anything else running on it.",
@@ -101,7 +108,7 @@ def main(argv=None):
     results = results_dir(out)
     started = time.time()
     failed = [name for name in chosen if not run_benchmark(name, args, args.quick and name not in full, results)]
-    assemble(out, results)
+    assemble(out, results, measured=bool(chosen))
     print(f"\nwrote {out} ({(time.time() - started) / 60:.0f} minutes)" +
           (f"; failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
