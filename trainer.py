@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -197,10 +198,15 @@ class Session:
 def _rel(path: Path, root: str) -> str:
     """`path` relative to `root`, with forward slashes: cut as a string where `root` begins it (as it does for
     every file found below it), since os.path.relpath costs seconds for 10^5 files."""
-    text, prefix = os.fspath(path), os.path.join(os.fspath(Path(root)), "")
+    text, prefix = os.fspath(path), _folder_prefix(root)
     if text.startswith(prefix):
         return text[len(prefix):].replace(os.sep, "/")
     return Path(os.path.relpath(path, root)).as_posix()
+
+
+@functools.lru_cache(maxsize=16)
+def _folder_prefix(root: str) -> str:
+    return os.path.join(os.fspath(Path(root)), "")
 
 
 # ----------------------------------------------------------------------------------------------
