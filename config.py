@@ -13,7 +13,9 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from errors import DataError, OptionError
+import time
+
+from errors import DataError, OptionError, flag
 from fileio import atomic_write_text
 from metrics import METRICS
 from models import MODELS
@@ -112,7 +114,7 @@ RESUMABLE_CHANGES = {"epochs", "stop_at_epoch", "progress", "resume", "device", 
 
 def build_parser(arch: str, defaults: dict) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=f"train_{arch}.py", description=f"Train the {arch} architecture on an image dataset.",
+        prog=script_name(arch), description=f"Train the {arch} architecture on an image dataset.",
         argument_default=argparse.SUPPRESS, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for f in dataclasses.fields(TrainConfig):
         if f.name == "arch":
@@ -140,7 +142,7 @@ def built_in_defaults() -> dict:
 def _check_defaults(arch: str, defaults: dict):
     unknown = set(defaults) - {f.name for f in dataclasses.fields(TrainConfig)}
     if unknown:
-        raise ValueError(f"train_{arch}.py sets unknown defaults {sorted(unknown)}")
+        raise ValueError(f"{script_name(arch)} sets unknown defaults {sorted(unknown)}")
 
 
 def make_config(arch: str, defaults: dict, **values) -> TrainConfig:
@@ -160,7 +162,7 @@ def parse_config(arch: str, defaults: dict, argv=None) -> TrainConfig:
         saved = read_saved_config(Path(given["resume"]))
         if saved.get("arch") != arch:
             raise OptionError(f"--resume {given['resume']}: that run trained {saved.get('arch')!r}, "
-                            f"not {arch!r}; use train_{saved.get('arch')}.py")
+                            f"not {arch!r}; use {script_name(saved.get('arch'))}")
         changed = [k for k, v in given.items() if k not in RESUMABLE_CHANGES and saved.get(k) != v]
         if changed:
             raise OptionError(f"--resume: {', '.join('--' + k.replace('_', '-') for k in changed)} cannot change "
@@ -173,8 +175,14 @@ def parse_config(arch: str, defaults: dict, argv=None) -> TrainConfig:
     return config
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+def script_name(arch: str) -> str:
+    """The training script of an architecture (the one place its name is spelled)."""
+    return f"train_{arch}.py"
+
+
+def default_run_name(arch: str) -> str:
+    """A new run's name when --name is not given: <arch>-<date>-<time>."""
+    return f"{arch}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def check_config(config: TrainConfig):
@@ -184,19 +192,19 @@ def check_config(config: TrainConfig):
     for f in dataclasses.fields(TrainConfig):
         value = getattr(config, f.name)
         if isinstance(value, float) and not math.isfinite(value):
-            raise OptionError(f"{_flag(f.name)} must be a finite number, got {value}")
+            raise OptionError(f"{flag(f.name)} must be a finite number, got {value}")
     for name in ("epochs", "batch_size"):
         if getattr(config, name) < 1:
-            raise OptionError(f"{_flag(name)} must be at least 1, got {getattr(config, name)}")
+            raise OptionError(f"{flag(name)} must be at least 1, got {getattr(config, name)}")
     if config.img_size < MIN_IMG_SIZE:
         raise OptionError(f"--img-size must be at least {MIN_IMG_SIZE}, got {config.img_size}")
     for name in ("erase", "ema", "label_smoothing", "momentum", "val_split"):
         if not 0 <= getattr(config, name) < 1:
-            raise OptionError(f"{_flag(name)} must be in [0, 1), got {getattr(config, name)}")
+            raise OptionError(f"{flag(name)} must be in [0, 1), got {getattr(config, name)}")
     for name in ("translate", "rotate", "weight_decay", "grad_clip", "warmup_epochs", "stop_at_epoch", "seed",
                  "freeze_epochs", "mixup", "cutmix", "patience", "folds", "fold"):
         if getattr(config, name) < 0:
-            raise OptionError(f"{_flag(name)} cannot be negative, got {getattr(config, name)}")
+            raise OptionError(f"{flag(name)} cannot be negative, got {getattr(config, name)}")
     if config.lr <= 0:
         raise OptionError(f"--lr must be positive, got {config.lr}")
     if config.folds == 1 or (config.folds and not config.fold <= config.folds):

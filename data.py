@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from errors import DataError
+from errors import DataError, UsageError, explain
 from fileio import atomic_write_text
 
 log = logging.getLogger("imgcomp")
@@ -939,7 +939,7 @@ def main(argv=None):
         else:
             print(describe(args.dir, args.id_col, args.label_col))
     except DataError as e:
-        sys.exit(f"error: {e}")
+        sys.exit(f"error: {explain(e)}")
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ import data
 import metrics
 import runs
 from checkpoint import ModelSpec, load_checkpoint, model_from_checkpoint, read_spec
-from errors import DataError, UsageError
+from errors import DataError, UsageError, explain
 from fileio import atomic_write
 from runtime import setup_runtime
 
@@ -860,7 +860,7 @@ def main(argv=None):
             return run_eval(args, predictors, images, device, weighting)
         return run_predict(args, predictors, images, device, weighting)
     except UsageError as e:
-        sys.exit(f"error: {e}")
+        sys.exit(f"error: {explain(e)}")
 
 
 if __name__ == "__main__":

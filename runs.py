@@ -21,7 +21,7 @@ from pathlib import Path
 
 from config import NOT_IN_COMMAND, built_in_defaults
 from data import natural_key
-from errors import DataError
+from errors import DataError, UsageError, explain
 from fileio import atomic_write, atomic_write_text
 
 log = logging.getLogger("imgcomp")
@@ -309,7 +309,7 @@ def main(argv=None):
             try:
                 write_table_into(args.into, table)
             except DataError as e:
-                sys.exit(f"error: {e}")
+                sys.exit(f"error: {explain(e)}")
     else:
         if not (args.run_dir / "metrics.csv").is_file():
             sys.exit(f"error: {args.run_dir} has no metrics.csv (is it a run folder?)")

@@ -35,7 +35,7 @@ import metrics
 import runs
 from checkpoint import ModelSpec, init_from_checkpoint, load_checkpoint, make_checkpoint, save_checkpoint
 from config import TrainConfig, parse_config, save_config
-from errors import DataError, OptionError, SetupError, UsageError
+from errors import DataError, OptionError, SetupError, UsageError, explain
 from fileio import atomic_write_text
 from models import WEIGHTS, WeightsError, build_model, head_name
 from runtime import (ComputeFormat, Runtime, all_reduce, any_process, choose_format, compile_model, cuda_graphs,
@@ -790,7 +790,7 @@ def main(arch: str, argv=None, **defaults) -> Path | None:
             config.name = f"{base}-f{config.fold}"
         return train(config, defaults)
     except UsageError as e:
-        sys.exit(f"error: {e}")
+        sys.exit(f"error: {explain(e)}")
 
 
 if __name__ == "__main__":  # kept for the commands of older READMEs: the run tools now live in runs.py
