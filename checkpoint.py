@@ -4,7 +4,7 @@ running code (older versions are brought up to date on loading), and rebuilding 
 A checkpoint is a dict:
     format, version          "imgcomp-checkpoint", CHECKPOINT_VERSION
     spec                     ModelSpec as a dict: everything that rebuilds the model and feeds it images
-    model                    the weights that predict (the moving average with --ema)
+    model                    the weights that predict (the moving average, when the run keeps one)
     config                   the run's TrainConfig as a dict
     epoch, history, best_val_acc, best_epoch, train_time, val_files (relative to the data folder)
     best_val_score           the best validation score by the run's metric (config "metric"); older: best_val_acc
@@ -24,7 +24,7 @@ import data
 from errors import DataError
 from fileio import atomic_write
 from models import build_model
-from runtime import ComputeFormat
+from compute import ComputeFormat
 
 log = logging.getLogger("imgcomp")
 
@@ -125,7 +125,8 @@ def model_from_checkpoint(checkpoint: dict, path: str | Path = "checkpoint") -> 
     broken = [k for k, v in checkpoint["model"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if broken:
         raise DataError(f"{path} holds NaN or infinite weights ({', '.join(broken[:3])}{', ...' if len(broken) > 3 else ''}): "
-                        "its run diverged; use a checkpoint from before, or train again with a lower --lr")
+                        "its run diverged, often from too high a learning rate: use a checkpoint from before, or "
+                        "train again", option="lr", fix="lower it")
     model = read_spec(checkpoint).build()
     model.load_state_dict(checkpoint["model"])
     return model
@@ -136,9 +137,10 @@ def init_from_checkpoint(model: nn.Module, path: str, arch: str):
     when the classes differ) keep their fresh initialisation."""
     checkpoint = load_checkpoint(path)
     if read_spec(checkpoint).arch != arch:
-        raise DataError(f"--init {path}: that checkpoint is a {read_spec(checkpoint).arch!r}, not a {arch!r}")
+        raise DataError(f"that checkpoint is a {read_spec(checkpoint).arch!r}, not a {arch!r}", option="init",
+                        value=path)
     own = model.state_dict()
     kept = {k: v for k, v in checkpoint["model"].items() if k in own and own[k].shape == v.shape}
     model.load_state_dict(kept, strict=False)
     fresh = sorted(set(own) - set(kept))
-    log.info("--init %s: loaded %d tensors%s", path, len(kept), f", re-initialised {fresh}" if fresh else "")
+    log.info("weights from %s: loaded %d tensors%s", path, len(kept), f", re-initialised {fresh}" if fresh else "")

@@ -37,11 +37,13 @@ class TrainConfig:
     momentum: float = _opt(0.9, "SGD momentum")
     weight_decay: float = _opt(0.05, "weight decay (decoupled for AdamW)")
     warmup_epochs: float = _opt(1.0, "linear warm-up in epochs (at most a quarter of the run), then cosine decay to zero")
-    label_smoothing: float = _opt(0.0, "label smoothing of the training loss")
+    # On: every architecture's recipe here (train_<arch>.py) trains with it.
+    label_smoothing: float = _opt(0.1, "label smoothing of the training loss")
     grad_clip: float = _opt(0.0, "clip the gradient norm to this value (0: off)")
     val_split: float = _opt(0.1, "stratified hold-out fraction; 0 trains on everything")
     hflip: bool = _opt(True, "random horizontal flips")
-    rotate: float = _opt(10.0, "random rotation up to this many degrees either way (0: off)")
+    # Off: the demo's garments are upright; flips helped, rotations did not.
+    rotate: float = _opt(0.0, "random rotation up to this many degrees either way (0: off)")
     translate: int = _opt(0, "random shift up to this many pixels either way (0: off)")
     erase: float = _opt(0.0, "random erasing: probability of replacing a random rectangle of an image with noise")
     mixup: float = _opt(0.0, "MixUp: blend each batch with itself reversed, by a weight ~ Beta(A, A) (e.g. 0.2; 0: off)")
@@ -67,7 +69,7 @@ class TrainConfig:
     channels_last: str = _opt("auto", "memory format: on, off, or auto (measured with --precision)",
                               choices=["auto", "on", "off"])
     compile: bool = _opt(False, "compile the model with torch.compile (needs a C++ compiler on the CPU; on one GPU its "
-                                "steps replay as CUDA graphs): the first step takes 15 s to minutes longer; whether later "
+                                "steps replay as CUDA graphs): compiling makes the first step much slower; whether later "
                                 "steps are faster depends on the model and machine: bench/compile_step.py measures it")
     seed: int = _opt(0, "random seed (split, initialisation, shuffling, augmentation)")
     name: str = _opt("", "run name (default: <arch>-<date>-<time>)")
@@ -119,17 +121,17 @@ def build_parser(arch: str, defaults: dict) -> argparse.ArgumentParser:
     for f in dataclasses.fields(TrainConfig):
         if f.name == "arch":
             continue
-        flag = "--" + f.name.replace("_", "-")
+        flag_name = flag(f.name)
         default = defaults.get(f.name, f.default)
         help_text = f.metadata["help"] + (f" (default: {default})" if default not in ("", None) else "")
         if f.type in ("bool", bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
+            parser.add_argument(flag_name, action=argparse.BooleanOptionalAction, help=help_text)
         elif "nargs" in f.metadata:
-            parser.add_argument(flag, type=str, nargs=f.metadata["nargs"], const=f.metadata["const"], help=help_text,
+            parser.add_argument(flag_name, type=str, nargs=f.metadata["nargs"], const=f.metadata["const"], help=help_text,
                                 metavar=f.metadata["metavar"])
         else:
             kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
-            parser.add_argument(flag, type=kind, help=help_text, choices=f.metadata.get("choices"),
+            parser.add_argument(flag_name, type=kind, help=help_text, choices=f.metadata.get("choices"),
                                 metavar=None if "choices" in f.metadata else f.name.upper())
     return parser
 

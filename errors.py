@@ -4,7 +4,7 @@
 Lower layers (data, models, checkpoint, runtime, fileio) state the facts in neutral words, so that a notebook
 user calling them gets no command-line advice; when an option would fix it they name that option (the
 TrainConfig field, e.g. "label_col") in `option`, and `fix` says what to do with it. The command-line layer
-turns that into the flag (`config.explain`):
+turns that into the flag (`explain`):
 
     raise DataError(f"{csv}: no label column among {names}", option="label_col", fix="name it")
     # python train_cnn.py ...  ->  error: train.csv: no label column among label, class; name it with --label-col
@@ -13,7 +13,8 @@ turns that into the flag (`config.explain`):
 
 class UsageError(Exception):
     """A problem the user can fix (the base of the three kinds below). `option`: the setting that would fix it
-    (a TrainConfig / predict.py option name); `fix`: what to do with it ("name it", "pass it to leave them out");
+    (a TrainConfig / predict.py option name); `fix`: what to do with it ("name it", "pass it to leave them out"),
+    followed by "with <flag>" unless it places the flag itself as "{flag}" ("or train without {flag}");
     `value`: the value of `option` at fault, when the message should start with it."""
 
     def __init__(self, message: str, *, option: str | None = None, fix: str | None = None, value=None):
@@ -47,6 +48,7 @@ def explain(error: UsageError) -> str:
         return text
     if getattr(error, "value", None) is not None:
         text = f"{flag(option)} {error.value}: {text}"
-    if getattr(error, "fix", None):
-        text = f"{text}; {error.fix} with {flag(option)}"
+    fix = getattr(error, "fix", None)
+    if fix:
+        text = f"{text}; {fix.replace('{flag}', flag(option)) if '{flag}' in fix else f'{fix} with {flag(option)}'}"
     return text

@@ -27,12 +27,16 @@ def atomic_write(path: str | Path, write):
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
-        raise WriteError(_why_not_written(path, e)) from e
+        message, full = _why_not_written(path, e)
+        # A full disk stops a training run where it can be continued from once space is freed.
+        raise WriteError(message, option="resume" if full else None,
+                         fix="continue an interrupted training run" if full else None) from e
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def _why_not_written(path: Path, error: BaseException) -> str:
+def _why_not_written(path: Path, error: BaseException) -> tuple[str, bool]:
+    """What went wrong, and whether it was a full disk."""
     kept = f"the previous {path.name} is intact" if path.exists() else "nothing was written"
     try:
         free = shutil.disk_usage(path.parent).free
@@ -43,9 +47,9 @@ def _why_not_written(path: Path, error: BaseException) -> str:
     if full:
         return (f"could not write {path}: no space left on the device of {path.parent}"
                 f"{f' ({free / 2**20:,.1f} MB free)' if free is not None else ''}; {kept}. Free some space and "
-                "run the command again (a training run resumes with --resume)")
+                "run the command again"), True
     first = str(error).splitlines()[0] if str(error) else type(error).__name__
-    return f"could not write {path} ({first}); {kept}"
+    return f"could not write {path} ({first}); {kept}", False
 
 
 def atomic_write_text(path: str | Path, text: str):

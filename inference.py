@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 import data
-from runtime import ComputeFormat, no_autotune
+from compute import ComputeFormat
+from runtime import no_autotune
 
 
 @torch.no_grad()

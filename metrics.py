@@ -1,7 +1,8 @@
 """The competition's metric: one score of class probabilities against true labels, for the trainer's
-validation (`--metric`, the run config's "metric"), predict.py's ensemble weights and its reports.
+validation (`--metric`, the run config's "metric"), the ensemble's weights (ensemble.py) and predict.py's reports.
 
     score("macro_f1", probs, labels)      # probs: (N, C) probabilities, labels: (N,) class indices
+    accuracy(predicted, labels)           # hard labels: class indices, or names as in a submission
     better("log_loss", 0.21, 0.25)        # True: lower is better for log loss
 
 The hard-label metrics score the argmax of each row. Balanced accuracy is the mean recall over the classes
@@ -30,6 +31,15 @@ def better(metric: str, a: float, b: float) -> bool:
     return a > b if higher_is_better(metric) else a < b
 
 
+def accuracy(predicted, labels) -> float:
+    """The share of `predicted` labels equal to the true `labels` (class indices, or class names), N > 0."""
+    predicted, labels = np.asarray(predicted), np.asarray(labels)
+    if predicted.ndim != 1 or predicted.shape != labels.shape or len(labels) == 0:
+        raise ValueError(f"expected predicted and true labels (N,) with N > 0, got {predicted.shape} and "
+                         f"{labels.shape}")
+    return float((predicted == labels).mean())
+
+
 def score(metric: str, probs: np.ndarray, labels: np.ndarray) -> float:
     """`metric` of probabilities (N, C) against integer labels (N,)."""
     _check(metric)
@@ -48,7 +58,7 @@ def score(metric: str, probs: np.ndarray, labels: np.ndarray) -> float:
         return float(-np.log(clipped[np.arange(n), labels]).mean())
     predicted = probs.argmax(1)
     if metric == "accuracy":
-        return float((predicted == labels).mean())
+        return accuracy(predicted, labels)
     true_count = np.bincount(labels, minlength=classes)
     predicted_count = np.bincount(predicted, minlength=classes)
     hits = np.bincount(labels[predicted == labels], minlength=classes)

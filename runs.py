@@ -1,6 +1,7 @@
-"""Run bookkeeping and every figure drawn from it: metrics.csv, curves.png, run.json, the runs table
-(runs/runs.md, and between the README's markers), and the command that trains a run again. Bookkeeping
-never stops a training run: what cannot be read is flagged, what cannot be written is warned about.
+"""Run bookkeeping and every figure: metrics.csv, curves.png, the probability CSVs (val_predictions.csv, the
+out-of-fold file, predict.py --probs), run.json, the runs table (runs/runs.md, and between the README's markers),
+the command that trains a run again, and predict.py's evaluation figures (confusion_matrix.png, wrong.png).
+Bookkeeping never stops a training run: what cannot be read is flagged, what cannot be written is warned about.
 
     python runs.py table --runs-dir runs [--commands] [--into README.md]    # the runs table as Markdown
     python runs.py plot runs/NAME                                            # redraw a run's curves.png
@@ -19,9 +20,11 @@ import sys
 import time
 from pathlib import Path
 
-from config import NOT_IN_COMMAND, built_in_defaults
+import numpy as np
+
+from config import NOT_IN_COMMAND, built_in_defaults, script_name
 from data import natural_key
-from errors import DataError, UsageError, explain
+from errors import DataError, explain, flag
 from fileio import atomic_write, atomic_write_text
 
 log = logging.getLogger("imgcomp")
@@ -49,9 +52,7 @@ def plot_curves(run_dir: Path) -> Path:
     """Draw a run's curves.png, loss and accuracy (train and validation), and the validation score when the run's
     metric is not accuracy, from its metrics.csv (and its config.json for the title, the metric and what the
     training loss includes)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
     import matplotlib.ticker
 
     run_dir = Path(run_dir)
@@ -83,31 +84,100 @@ def plot_curves(run_dir: Path) -> Path:
         ax.legend()
     fig.suptitle(f"{run_dir.name} ({config['arch']})" if config.get("arch") else run_dir.name)
     fig.tight_layout()
-    atomic_write(run_dir / "curves.png", lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    plt.close(fig)
+    _save_figure(fig, run_dir / "curves.png")
     return run_dir / "curves.png"
 
 
-def write_predictions(path: Path, files: list[str], labels: list[str], probs, class_names: list[str]):
-    """Class probabilities of labelled images (a run's validation split at its best epoch, or out-of-fold
-    predictions): one row per image, its file (relative to the data folder), its label, one column per class."""
+def plot_confusion(confusion: np.ndarray, class_names: list[str], path: Path, title: str):
+    """The confusion matrix as a heat map with counts; rows are the true classes."""
+    plt = _pyplot()
+    n = len(class_names)
+    side = min(20, 3 + 0.6 * n)
+    fig, ax = plt.subplots(figsize=(side + 1, side))
+    im = ax.imshow(confusion, cmap="Blues")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    ax.set_xticks(range(n), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(n), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    if n <= 30:
+        limit = confusion.max() / 2
+        for (i, j), v in np.ndenumerate(confusion):
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=8, color="white" if v > limit else "black")
+    fig.tight_layout()
+    _save_figure(fig, path)
+
+
+def plot_wrong(pixels: np.ndarray, probs: np.ndarray, labels: np.ndarray, class_names: list[str], path: Path,
+               count: int = 16):
+    """A grid of the `count` wrong predictions made with the highest confidence, with true and predicted labels."""
+    plt = _pyplot()
+    predicted = probs.argmax(1)
+    wrong = np.flatnonzero(predicted != labels)
+    wrong = wrong[np.argsort(-probs[wrong, predicted[wrong]], kind="stable")][:count]
+    cols = max(1, min(4, len(wrong)))
+    rows = max(1, math.ceil(len(wrong) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.9 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    if len(wrong) == 0:
+        axes[0, 0].text(0.5, 0.5, "no wrong predictions", ha="center", va="center")
+    for ax, i in zip(axes.flat, wrong):
+        img = np.asarray(pixels[i])
+        if img.shape[0] == 1:
+            ax.imshow(img[0], cmap="gray", vmin=0, vmax=255)
+        else:
+            ax.imshow(img.transpose(1, 2, 0))
+        ax.set_title(f"true: {class_names[labels[i]]}\npred: {class_names[predicted[i]]} ({probs[i, predicted[i]]:.0%})",
+                     fontsize=8)
+    fig.suptitle("most confidently wrong")
+    fig.tight_layout()
+    _save_figure(fig, path)
+
+
+def _pyplot():
+    """matplotlib's pyplot without a display (imported on first use: runs that draw nothing skip its start-up)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save_figure(fig, path: Path):
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    _pyplot().close(fig)
+
+
+def write_predictions(path: Path, files: list[str], labels: list[str] | None, probs, class_names: list[str],
+                      id_column: str = "file"):
+    """Class probabilities, one row per image and one column per class (named as in training): the image's
+    id (`id_column`), its label unless `labels` is None, then the probabilities. Labelled: a run's validation
+    split at its best epoch, or out-of-fold predictions (`file,label,<classes>`, files relative to the data
+    folder); unlabelled: the test images' probabilities for blending (`<the sample's id column>,<classes>`)."""
     def write(tmp):
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
-            w.writerow(["file", "label", *class_names])
-            for file, label, row in zip(files, labels, probs):
-                w.writerow([file, label, *(f"{v:.6f}" for v in row)])
+            w.writerow([id_column, *(["label"] if labels is not None else []), *class_names])
+            for i, (ident, row) in enumerate(zip(files, probs)):
+                w.writerow([ident, *([labels[i]] if labels is not None else []), *(f"{v:.6f}" for v in row)])
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, write)
 
 
-def read_predictions(path: Path) -> tuple[list[str], list[str], list[str], list[list[float]]]:
-    """(files, labels, class names, probabilities) of a file written by `write_predictions`."""
+def read_predictions(path: Path, labelled: bool = True) -> tuple[list[str], list[str] | None, list[str],
+                                                                 list[list[float]]]:
+    """(ids, labels, class names, probabilities) of a file written by `write_predictions`; labels are None
+    when not `labelled`."""
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f))
-    if not rows or rows[0][:2] != ["file", "label"]:
+    if labelled and (not rows or rows[0][:2] != ["file", "label"]):
         raise DataError(f"{path}: not a predictions file (header file,label,<classes>...)")
-    return ([r[0] for r in rows[1:]], [r[1] for r in rows[1:]], rows[0][2:],
-            [[float(v) for v in r[2:]] for r in rows[1:]])
+    if not rows or len(rows[0]) < 2:
+        raise DataError(f"{path}: not a probabilities file (header id,<classes>...)")
+    first = 2 if labelled else 1
+    return ([r[0] for r in rows[1:]], [r[1] for r in rows[1:]] if labelled else None, rows[0][first:],
+            [[float(v) for v in r[first:]] for r in rows[1:]])
 
 
 TABLE_COLUMNS = [("run", "run"), ("arch", "architecture"), ("epochs", "epochs"), ("batch_size", "batch size"),
@@ -131,7 +201,7 @@ def run_command(config: dict, script_defaults: dict) -> str:
     """The command that trains the run of `config` (a config.json) in one go: its script, data and name,
     and each option that differs from that script's defaults (as recorded in its run.json; without them,
     every option that differs from the built-in defaults)."""
-    script = f"train_{config['arch']}.py"
+    script = script_name(config["arch"])
     defaults = script_defaults
     built_in = built_in_defaults()
     parts = ["python", script, "--data", config["data"], "--name", config["name"]]
@@ -141,11 +211,10 @@ def run_command(config: dict, script_defaults: dict) -> str:
     for key, value in {**built_in, **config}.items():
         if key in NOT_IN_COMMAND or key not in built_in or value == defaults.get(key, built_in[key]):
             continue
-        flag = "--" + key.replace("_", "-")
         if isinstance(value, bool):
-            parts.append(flag if value else "--no-" + flag[2:])
+            parts.append(flag(key) if value else flag("no_" + key))
         else:
-            parts += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+            parts += [flag(key), f"{value:g}" if isinstance(value, float) else str(value)]
     return " ".join(shlex.quote(str(p)) for p in parts)
 
 

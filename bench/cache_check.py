@@ -4,7 +4,7 @@ matches the files, on the demo's 70,000 images (60,000 training + 10,000 test).
     python bench/cache_check.py            # every file, 7 repeats
     python bench/cache_check.py --quick    # every file, 3 repeats
 
-Every run and every prediction checks the cache before using it: data._cache_key stats each file and hashes
+Every run and every prediction checks the cache before using it: data.cache_key stats each file and hashes
 its path, size, modification time, inode and status-change time (the last two catch a file rewritten with its
 old size and modification time put back, as cp -p, tar and unzip leave it). Side by side, in turns:
 - "size + mtime": the key before inode and ctime were added (the same stat call, fewer fields hashed);
@@ -62,7 +62,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix="bench-cache-") as tmp:
         data.load_images(files, 28, cache_dir=tmp, progress=False)  # the warm cache
         variants = {
-            "this version: size + mtime + inode + ctime": lambda: data._cache_key(files, 28, None),
+            "this version: size + mtime + inode + ctime": lambda: data.cache_key(files, 28, None),
             "before: size + mtime": lambda: key_size_mtime(files),
             "head + tail hash (4 KiB each)": lambda: key_head_tail(files),
             "warm load (key + mapping the cache)": lambda: data.load_images(files, 28, cache_dir=tmp, progress=False),

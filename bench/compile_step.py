@@ -7,7 +7,7 @@ GPU (`--device cuda`) the compiled session replays its steps as CUDA graphs, as 
     python bench/compile_step.py --archs cnn,resnet --repeats 5
     python bench/compile_step.py --device cuda --archs cnn,resnet,rexnet
 
-Both sessions are built as train_<arch>.py builds them (trainer.prepare_session, the script's defaults, all
+Both sessions are built as train_<arch>.py builds them (session.prepare_session, the script's defaults, all
 the demo's images) and run the first steps of epochs of trainer.train_one_epoch, taking turns so that other
 load on the machine hits both alike. The compiled session's first step, which is where torch.compile
 (inductor) compiles the forward and backward passes, is timed apart; it depends on torch's compile cache

@@ -25,6 +25,7 @@ import common  # puts the repository root on sys.path
 import data
 import predict
 from checkpoint import load_checkpoint, read_spec
+from submission import score_submission
 
 
 def train_model(root: Path, work: Path, n_images: int | None) -> Path:
@@ -68,7 +69,7 @@ def main(argv=None):
         for tta in (False, True):
             flags = ["--tta"] if tta else []
             cold = timed_predict(base + flags + ["--cache-dir", str(work / f"cache-cold-{tta}")])
-            accuracy[tta] = predict.score(out, root / "solution.csv")
+            accuracy[tta] = score_submission(out, root / "solution.csv")
             timed_predict(base + flags + ["--cache-dir", str(warm_cache)])  # fills the warm cache, warms up
             warm = [timed_predict(base + flags + ["--cache-dir", str(warm_cache)]) for _ in range(repeats)]
             end_to_end = common.check(common.run_python(["predict.py", *base, *flags, "--cache-dir", warm_cache]),

@@ -6,13 +6,13 @@ fp32, channels-first PyTorch loop over the same model.
     python bench/train_step.py --quick                   # cnn, alexnet and coatnet; fewer steps and repeats
     python bench/train_step.py --archs cnn,resnet --repeats 5 --markdown BENCHMARKS.md
 
-Ours is the real thing: trainer.prepare_session builds the session exactly as train_<arch>.py does
+Ours is the real thing: session.prepare_session builds the session exactly as train_<arch>.py does
 (config.make_config over the script's DEFAULTS, with --precision and --channels-last fixed to each
-format of runtime.candidate_formats("auto", "auto")), and trainer.train_one_epoch(..., stop_step=N) runs
+format of compute.candidate_formats("auto", "auto")), and trainer.train_one_epoch(..., stop_step=N) runs
 the first N steps of an epoch of real demo images, so its figure includes everything the loop does per
 step (data.batches, data.Preprocess with its augmentation, the learning-rate schedule, metrics). The
 plain loop gets ready-made normalised float batches and does only forward, loss, backward and AdamW: that
-favours it. `auto` is prepare_session with --precision auto, i.e. runtime.choose_format's own
+favours it. `auto` is prepare_session with --precision auto, i.e. compute.choose_format's own
 measurement; its figure is the measured figure of the mode it chose. Modes are measured in turns, repeat
 after repeat, so that other load on the machine hits all alike.
 """
@@ -31,34 +31,37 @@ import torch.nn.functional as F
 
 import data
 import trainer
-from config import make_config
+from session import Session, prepare_session
+from compute import candidate_formats
+from config import built_in_defaults, make_config
 from models import build_model
-from runtime import candidate_formats, setup_runtime
+from runtime import setup_runtime
 
 PLAIN = "plain fp32"
 
 
 def script_defaults(arch: str) -> dict:
-    """The defaults of train_<arch>.py (image size, batch size, learning rate, ...)."""
-    return dict(importlib.import_module(f"train_{arch}").DEFAULTS)
+    """Every option of train_<arch>.py at its default: the built-in ones under the script's own (image size,
+    learning rate, ...)."""
+    return {**built_in_defaults(), **importlib.import_module(f"train_{arch}").DEFAULTS}
 
 
 def session(arch: str, data_dir: str, runs_dir: str, precision: str, channels_last: str,
-            compile: bool = False, device: str = "cpu") -> tuple[trainer.Session, float]:
+            compile: bool = False, device: str = "cpu") -> tuple[Session, float]:
     """A training session as train_<arch>.py sets it up on `device`, on all the demo's images (compiled with
     `compile`); and the seconds that setting up took (for auto, mostly its measurement of the modes)."""
     config = make_config(arch, script_defaults(arch), data=data_dir, val_split=0.0, precision=precision,
                          channels_last=channels_last, progress=False, runs_dir=runs_dir, compile=compile,
                          device=device, name=f"{arch}-{precision}-{channels_last}{'-compiled' if compile else ''}")
     start = time.perf_counter()
-    s, _, _ = trainer.prepare_session(config, setup_runtime(device))
+    s, _, _ = prepare_session(config, setup_runtime(device))
     return s, time.perf_counter() - start
 
 
 class Ours:
     """The first steps of successive epochs of trainer.train_one_epoch on a session."""
 
-    def __init__(self, s: trainer.Session):
+    def __init__(self, s: Session):
         self.s, self.epoch = s, 0
         self.stop = trainer.StopRequest()  # never entered: no signal handlers, never requested
 
@@ -72,7 +75,7 @@ class Ours:
 class Plain:
     """The loop a user writes first: fp32, channels-first, ready-made batches, AdamW, cross-entropy."""
 
-    def __init__(self, arch: str, s: trainer.Session, n_batches: int = 4):
+    def __init__(self, arch: str, s: Session, n_batches: int = 4):
         torch.manual_seed(0)
         cfg, spec = s.config, s.spec
         self.model = build_model(arch, len(spec.class_names), spec.channels, cfg.img_size).train()

@@ -9,7 +9,10 @@ import torch
 import torchvision
 from torch import nn
 
-from .weights import IMAGENET_MEAN, IMAGENET_STD, WeightsInfo, fit_weights, load_local_weights, weights_source
+from errors import OptionError
+
+from .weights import (IMAGENET_MEAN, IMAGENET_STD, WeightsInfo, fetch_error, load_into, load_local_weights,
+                      weights_source)
 
 
 def conv_relu(in_chs: int, out_chs: int, kernel: int, stride: int = 1,
@@ -89,9 +92,13 @@ def build_alexnet(num_classes: int, in_chans: int, img_size: int, pretrained=Fal
     would match them: it has none."""
     small = img_size < 128  # the classic stem leaves a 64-96 px input at 1x1 before the 6x6 pooling
     source = weights_source(pretrained)
-    if source is not None and (small or batch_norm or hidden not in (None, 4096)):
-        raise ValueError("no pretrained weights exist for 'alexnet' below 128 px (its small-image variant has "
-                         "other layers than the published AlexNet); use --img-size 128 or more, or no --pretrained")
+    if source is not None and small:
+        raise OptionError("no pretrained weights exist for 'alexnet' below 128 px (its small-image variant has "
+                          "other layers than the published AlexNet): there it trains from scratch",
+                          option="img_size", value=img_size, fix="give 128 or more")
+    if source is not None and (batch_norm or hidden not in (None, 4096)):
+        raise ValueError("no pretrained weights exist for 'alexnet' with batch_norm or another hidden width than "
+                         "4096 (the published AlexNet's)")
     if hidden is None:
         # 4096 is the paper's width; 1024 keeps the small variant (~6M parameters) trainable on a CPU.
         hidden = 1024 if small else 4096
@@ -101,10 +108,9 @@ def build_alexnet(num_classes: int, in_chans: int, img_size: int, pretrained=Fal
         try:
             state = weights.get_state_dict(progress=False)
         except OSError as err:
-            raise RuntimeError(f"could not fetch pretrained weights for alexnet (are you offline?) from {weights.url}; "
-                               "give a local copy with --pretrained FILE (README: fine-tuning offline), or train from "
-                               f"scratch. Cause: {err}") from err
-        fit_weights(model, {_torchvision_key(k): v for k, v in state.items()}, WEIGHTS, weights.url, "alexnet")
+            raise fetch_error("alexnet", weights.url, err) from err
+        load_into(model, {_torchvision_key(k): v for k, v in state.items()}, WEIGHTS, "alexnet", source,
+                  f"the published file {weights.url}")
     elif source is not None:
         load_local_weights(model, source, WEIGHTS, "alexnet", rename=_torchvision_key)
     return model

@@ -7,6 +7,8 @@ such as Fashion-MNIST, with BatchNorm (https://arxiv.org/abs/1502.03167) and dro
 import torch
 from torch import nn
 
+from errors import OptionError
+
 
 def conv_bn_relu(in_chs: int, out_chs: int) -> nn.Sequential:
     """3x3 same-padding conv, BatchNorm, ReLU (the conv bias is redundant before BatchNorm)."""
@@ -56,5 +58,6 @@ def build_cnn(num_classes: int, in_chans: int, img_size: int, pretrained: bool =
               dropout: float = 0.3, hidden: int = 512) -> nn.Module:
     """Build the CNN for ``img_size`` (any size >= 4 works)."""
     if pretrained:
-        raise ValueError("no pretrained weights exist for 'cnn'; use pretrained=False")
+        raise OptionError("no pretrained weights exist for 'cnn': it trains from scratch", option="pretrained",
+                          value=pretrained)
     return CNN(num_classes, in_chans, hidden=hidden, dropout=dropout, img_size=img_size)

@@ -9,7 +9,7 @@ import torchvision
 from timm.models import adapt_input_conv
 from torch import nn
 
-from .weights import IMAGENET_MEAN, IMAGENET_STD, WeightsInfo, load_local_weights, weights_source
+from .weights import IMAGENET_MEAN, IMAGENET_STD, WeightsInfo, fetch_error, load_local_weights, weights_source
 
 WEIGHTS = WeightsInfo(IMAGENET_MEAN, IMAGENET_STD, classifier="fc", first_conv="conv1")
 
@@ -38,10 +38,7 @@ def load_imagenet_weights(model: nn.Module, in_chans: int) -> None:
     try:
         state_dict = weights.get_state_dict(progress=False)
     except OSError as err:  # URLError, ConnectionError, timeouts, an unwritable cache
-        raise RuntimeError(
-            f"could not fetch pretrained weights for resnet (are you offline?) from {weights.url}; "
-            "give a local copy with --pretrained FILE (README: fine-tuning offline), or train from scratch. "
-            f"Cause: {err}") from err
+        raise fetch_error("resnet", weights.url, err) from err
     del state_dict["fc.weight"], state_dict["fc.bias"]
     if model.conv1.weight.shape[2:] == state_dict["conv1.weight"].shape[2:]:
         state_dict["conv1.weight"] = adapt_input_conv(in_chans, state_dict["conv1.weight"])

@@ -5,7 +5,7 @@ https://arxiv.org/abs/2007.00992).
 """
 from torch import nn
 
-from .common import create_timm_model
+from .timm_net import create_timm_model
 from .weights import timm_info
 
 WEIGHTS = timm_info("rexnet_100")  # the published weights' normalisation, classifier and stem

@@ -112,7 +112,7 @@ def _mount(*args) -> bool:
 def read_only(folder: Path, monkeypatch):
     """`folder` made read-only, as competition notebooks mount their inputs: a read-only bind mount of it over
     itself when this process may mount (root, as in CI), else its write bits removed (enforced for a non-root
-    user), else (root without mount) simulated: data.py is told it cannot write there. Yields how."""
+    user), else (root without mount) simulated: decode.py is told it cannot write there. Yields how."""
     folder = Path(folder)
     if _mount("--bind", str(folder), str(folder)):
         try:
@@ -123,9 +123,9 @@ def read_only(folder: Path, monkeypatch):
             subprocess.run(["umount", str(folder)], check=True)
         return
     if os.geteuid() == 0:
-        import data
-        real = data._writable
-        monkeypatch.setattr(data, "_writable", lambda p: not Path(p).resolve().is_relative_to(folder.resolve())
+        import decode  # where cache_dir_for looks it up
+        real = decode.is_writable
+        monkeypatch.setattr(decode, "is_writable", lambda p: not Path(p).resolve().is_relative_to(folder.resolve())
                             and real(p))
         yield "simulated (no mount, root)"
         return

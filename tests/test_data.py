@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import gzip
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -16,8 +17,10 @@ import pytest
 import torch
 
 import data
+import decode
 from conftest import ROOT, class_image, write_csv, write_dataset
 from data import DataError
+from errors import explain
 
 
 # ----------------------------------------------------------------------------------------------
@@ -67,15 +70,15 @@ def csv_competition(root: Path, rows, header=("id", "label"), image_dir="train",
 
 @pytest.fixture
 def decode_calls(monkeypatch):
-    """Counts calls of data.decode_image (the only place a file is decoded)."""
+    """Counts calls of decode.decode_image (the only place a file is decoded)."""
     calls = []
-    real = data.decode_image
+    real = decode.decode_image
 
     def counting(path, *args, **kwargs):
         calls.append(Path(path))
         return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(data, "decode_image", counting)
+    monkeypatch.setattr(decode, "decode_image", counting)
     return calls
 
 
@@ -319,13 +322,13 @@ def test_mixed_dataset_widens_the_array_only_once(tmp_path, monkeypatch):
     files = [write_image(tmp_path / "0.png", bgr(0, 0, 255))]
     files += [write_image(tmp_path / f"{i}.png", gray(i * 10)) for i in range(1, 8)]
     created = []
-    real_mkstemp = data.tempfile.mkstemp
+    real_mkstemp = decode.tempfile.mkstemp
 
     def counting_mkstemp(*args, **kwargs):
         created.append(1)
         return real_mkstemp(*args, **kwargs)
 
-    monkeypatch.setattr(data.tempfile, "mkstemp", counting_mkstemp)
+    monkeypatch.setattr(decode.tempfile, "mkstemp", counting_mkstemp)
     arr = load(files, 8, tmp_path / "cache", workers=1)
     assert len(created) <= 2  # the 1-channel start and one 3-channel array
     assert [int(v) for v in arr.pixels[1:, 1, 0, 0]] == [i * 10 for i in range(1, 8)]
@@ -429,7 +432,7 @@ def test_second_load_reuses_the_cache(csv_dataset, tmp_path, decode_calls, monke
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded again")
 
-    monkeypatch.setattr(data, "decode_image", no_decoding)
+    monkeypatch.setattr(decode, "decode_image", no_decoding)
     second = load(files, 16, cache)
     assert second.bad == {}  # decode_image's failures would land here
     np.testing.assert_array_equal(np.array(second.pixels), first_pixels)
@@ -537,8 +540,9 @@ def test_zero_val_split_is_all_training():
 
 @pytest.mark.parametrize("bad", [1.0, -0.1, 1.5, float("nan")])
 def test_bad_val_split(bad):
-    with pytest.raises(DataError, match="val-split"):
+    with pytest.raises(DataError, match="val_split") as err:
         data.stratified_split(np.array([0, 1, 0, 1]), bad, seed=0)
+    assert err.value.option == "val_split"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -764,7 +768,7 @@ def test_idx_writer_matches_the_format(fake_fashion_source):
     src, (x_train, y_train, _, _) = fake_fashion_source
     with gzip.open(src / "train-images-idx3-ubyte.gz", "rb") as f:
         assert f.read(16) == bytes.fromhex("00000803" "00000007" "0000001c" "0000001c")
-    np.testing.assert_array_equal(data._read_idx(src / "train-labels-idx1-ubyte.gz"), y_train)
+    np.testing.assert_array_equal(data.read_idx(src / "train-labels-idx1-ubyte.gz"), y_train)
 
 
 def test_write_fashion_mnist_from_a_source_folder(tmp_path, fake_fashion_source):
@@ -876,25 +880,31 @@ def test_same_file_listed_with_and_without_extension_is_a_duplicate(tmp_path):
 
 def test_missing_label_column(tmp_path):
     csv_competition(tmp_path, [("a", "x"), ("b", "y")], header=("id", "something"))
-    with pytest.raises(DataError, match="no label column.*--label-col"):
+    with pytest.raises(DataError, match="no label column") as err:
         data.find_labelled_images(tmp_path)
+    assert "--label-col" not in str(err.value)  # the data layer states the facts; the command line names the flag
+    assert re.search("no label column.*--label-col", explain(err.value))
 
 
 def test_missing_id_column(tmp_path):
     csv_competition(tmp_path, [("a", "x"), ("b", "y")], header=("name", "label"))
-    with pytest.raises(DataError, match="no id column.*--id-col"):
+    with pytest.raises(DataError, match="no id column") as err:
         data.find_labelled_images(tmp_path)
+    assert re.search("no id column.*--id-col", explain(err.value))
 
 
 def test_id_col_naming_a_column_that_does_not_exist(tmp_path, capsys):
     csv_competition(tmp_path, [("a", "x"), ("b", "y")])
-    with pytest.raises(DataError, match="--id-col 'nope' is not a column"):
+    with pytest.raises(DataError, match="'nope' is not a column") as err:
         data.find_labelled_images(tmp_path, id_col="nope")
-    with pytest.raises(DataError, match="--label-col 'nope' is not a column"):
+    assert err.value.option == "id_col" and explain(err.value).endswith("--id-col")
+    with pytest.raises(DataError, match="'nope' is not a column") as err:
         data.find_labelled_images(tmp_path, label_col="nope")
+    assert err.value.option == "label_col" and explain(err.value).endswith("--label-col")
     with pytest.raises(SystemExit) as exit_:
         data.main(["info", str(tmp_path), "--id-col", "nope"])
-    assert "--id-col 'nope'" in str(exit_.value.code) and str(exit_.value.code).startswith("error:")
+    code = str(exit_.value.code)
+    assert "'nope' is not a column" in code and code.endswith("--id-col") and code.startswith("error:")
 
 
 def test_empty_class_folder(tmp_path):

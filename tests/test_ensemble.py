@@ -1,6 +1,6 @@
-"""The competition's metric (metrics.py) and weighted ensembles in predict.py: hand-computed scores, the
-weight fit and its guards against overfitting on synthetic probabilities, then end to end on a tiny run and
-checkpoints made from it (a bad member, other validation splits, small validation sets).
+"""Weighted ensembles (ensemble.py, and predict.py's use of them): the weight fit and its guards against
+overfitting on synthetic probabilities, then end to end on a tiny run and checkpoints made from it (a bad
+member, other validation splits, small validation sets).
 
 One CNN is trained for the whole module (one epoch, 16 px); every other member is a checkpoint made from it."""
 from __future__ import annotations
@@ -14,58 +14,19 @@ import pytest
 import torch
 
 import checkpoint
+import ensemble
 import metrics
 import predict
+import runs
 import trainer
 from conftest import write_dataset
-from errors import OptionError
+from submission import score_submission
 
 CLASSES = ("bird", "cat", "dog")  # sorted: the class indices are this order
 
 
-# ----------------------------------------------------------------------------------------------
-# metrics.py against hand-computed values
-# ----------------------------------------------------------------------------------------------
-
 def one_hot(predicted, classes=3) -> np.ndarray:
     return np.eye(classes)[predicted]
-
-
-def test_hard_label_metrics_with_a_class_never_predicted():
-    labels = np.array([0, 0, 1, 1, 2])
-    probs = one_hot([0, 1, 1, 1, 0]) * 0.7 + 0.1  # argmax as one-hot; class 2 is never predicted
-    assert metrics.score("accuracy", probs, labels) == pytest.approx(3 / 5)
-    # recall per class: 1/2, 2/2, 0/1
-    assert metrics.score("balanced_accuracy", probs, labels) == pytest.approx((0.5 + 1 + 0) / 3)
-    # F1 = 2TP / (2TP + FP + FN): class 0: 2/(2+1+1), class 1: 4/(4+1+0), class 2: no true positive, 0
-    assert metrics.score("macro_f1", probs, labels) == pytest.approx((0.5 + 0.8 + 0) / 3)
-
-
-def test_a_class_only_predicted_counts_for_f1_not_for_balanced_accuracy():
-    labels = np.array([0, 0, 1])
-    probs = one_hot([0, 2, 1])
-    assert metrics.score("balanced_accuracy", probs, labels) == pytest.approx((0.5 + 1) / 2)
-    assert metrics.score("macro_f1", probs, labels) == pytest.approx((2 / 3 + 1 + 0) / 3)
-
-
-def test_log_loss_clips_and_renormalises_like_kaggle():
-    labels = np.array([0, 0])
-    probs = np.array([[0.5, 0.5, 0.0], [0.0, 1.0, 0.0]])  # the second row gives its true class 0
-    eps = 1e-15
-    expected = -(np.log(0.5 / (1 + eps)) + np.log(eps / (1 + eps))) / 2  # clipped, then rows summed to 1 again
-    assert metrics.score("log_loss", probs, labels) == pytest.approx(expected, rel=1e-12)
-    assert 17.6 < expected < 17.7  # finite: one confident mistake costs -log(1e-15) = 34.5
-    assert 0 <= metrics.score("log_loss", one_hot([0, 0]), labels) < 1e-12
-    # rows that do not sum to 1 are renormalised: a scaled row scores the same
-    assert metrics.score("log_loss", probs[:1] * 3, labels[:1]) == pytest.approx(np.log(2))
-
-
-def test_which_score_is_better():
-    assert [metrics.higher_is_better(m) for m in metrics.METRICS] == [True, True, True, False]
-    assert metrics.better("accuracy", 0.9, 0.8) and not metrics.better("accuracy", 0.8, 0.8)
-    assert metrics.better("log_loss", 0.2, 0.3) and not metrics.better("log_loss", 0.3, 0.2)
-    with pytest.raises(OptionError, match="unknown metric 'auc'"):
-        metrics.score("auc", one_hot([0]), np.array([0]))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -94,11 +55,11 @@ def test_complementary_members_are_fitted_and_a_bad_one_gets_weight_zero():
     a = member(labels, set(range(0, 60)))        # 80%
     b = member(labels, set(range(60, 150)))      # 70%, right where a is wrong
     probs = [a, b, confidently_wrong(labels)]    # equal weights: only where a and b are both right, 50%
-    w = predict.choose_weights(probs, labels, "accuracy")
+    w = ensemble.choose_weights(probs, labels, "accuracy")
     assert w.choice == "fitted"
     np.testing.assert_allclose(w.weights, [0.5, 0.5, 0.0])
     assert w.member_scores == pytest.approx([0.8, 0.7, 0.0])
-    assert w.score == 1.0 == metrics.score("accuracy", predict.blend(probs, w.weights), labels)
+    assert w.score == 1.0 == metrics.score("accuracy", ensemble.blend(probs, w.weights), labels)
 
 
 def test_a_fit_within_the_noise_keeps_the_simple_choice():
@@ -109,7 +70,7 @@ def test_a_fit_within_the_noise_keeps_the_simple_choice():
     for gained, choice in ((1, "best member"), (3, "fitted")):
         # a is wrong on 0..gained, b on gained..2*gained: together only image `gained` stays wrong
         a, b = member(labels, set(range(gained + 1))), member(labels, set(range(gained, 2 * gained + 1)))
-        w = predict.choose_weights([a, b, bad], labels, "accuracy")
+        w = ensemble.choose_weights([a, b, bad], labels, "accuracy")
         assert w.choice == choice, w.reason
         assert w.score == pytest.approx((400 - 1 - (gained if choice != "fitted" else 0)) / 400)
         if choice == "best member":
@@ -121,14 +82,14 @@ def test_small_validation_sets_are_not_fitted():
     labels = np.arange(120) % 3
     good, bad = member(labels, set(range(10))), confidently_wrong(labels)
     # 120 images: too few to fit; equal weights are worse than the best member alone: it is chosen
-    w = predict.choose_weights([good, bad], labels, "accuracy")
+    w = ensemble.choose_weights([good, bad], labels, "accuracy")
     assert (w.choice, list(w.weights), w.score) == ("best member", [1.0, 0.0], pytest.approx(110 / 120))
     assert "too few to fit" in w.reason and not w.warning
     # equal weights not worse than the best member: equal weights (here a member as good, more confident)
-    w = predict.choose_weights([good, member(labels, set(range(10)), 0.9)], labels, "accuracy")
+    w = ensemble.choose_weights([good, member(labels, set(range(10)), 0.9)], labels, "accuracy")
     assert (w.choice, list(w.weights)) == ("equal", [0.5, 0.5])
     # fewer than 50 images: the same simple choice, never below the best member, with a warning
-    w = predict.choose_weights([good[:30], bad[:30]], labels[:30], "accuracy")
+    w = ensemble.choose_weights([good[:30], bad[:30]], labels[:30], "accuracy")
     assert (w.choice, list(w.weights)) == ("best member", [1.0, 0.0]) and "WARNING" in w.warning
 
 
@@ -144,10 +105,10 @@ def test_weights_never_score_below_the_best_member(metric):
         probs.append(p / p.sum(1, keepdims=True))
     scores = [metrics.score(metric, p, labels) for p in probs]
     best = max(scores) if metrics.higher_is_better(metric) else min(scores)
-    fitted = predict.fit_weights(probs, labels, metric)
+    fitted = ensemble.fit_ensemble_weights(probs, labels, metric)
     assert fitted.min() >= 0 and fitted.sum() == pytest.approx(1)
-    for weights in (fitted, predict.choose_weights(probs, labels, metric).weights):
-        value = metrics.score(metric, predict.blend(probs, weights), labels)
+    for weights in (fitted, ensemble.choose_weights(probs, labels, metric).weights):
+        value = metrics.score(metric, ensemble.blend(probs, weights), labels)
         assert not metrics.better(metric, best, value) or value == pytest.approx(best)
 
 
@@ -156,11 +117,11 @@ def test_shared_validation_images():
     reordered = {"val_files": list(reversed(a["val_files"]))}
     overlap = {"val_files": [f"train/{i}.png" for i in range(40, 160)]}  # 60 in common with a
     small = {"val_files": ["train/1.png", "train/2.png"]}
-    assert predict.shared_val_files([a, reordered]) == a["val_files"]  # the same split: all of them
-    assert predict.shared_val_files([a, overlap]) == a["val_files"][40:]  # at least 50 in common
-    assert predict.shared_val_files([small, {"val_files": ["train/2.png", "train/1.png"]}]) == small["val_files"]
-    assert predict.shared_val_files([a, small]) == []  # 2 in common: too few
-    assert predict.shared_val_files([a, {"val_files": []}]) == []  # --val-split 0
+    assert ensemble.shared_val_files([a, reordered]) == a["val_files"]  # the same split: all of them
+    assert ensemble.shared_val_files([a, overlap]) == a["val_files"][40:]  # at least 50 in common
+    assert ensemble.shared_val_files([small, {"val_files": ["train/2.png", "train/1.png"]}]) == small["val_files"]
+    assert ensemble.shared_val_files([a, small]) == []  # 2 in common: too few
+    assert ensemble.shared_val_files([a, {"val_files": []}]) == []  # --val-split 0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -207,11 +168,12 @@ def run_predict(*argv):
 
 
 def read_probs(path: Path) -> np.ndarray:
-    with open(path, newline="") as f:
-        return np.array([[float(v) for v in row[1:]] for row in list(csv.reader(f))[1:]])
+    ids, labels, names, probs = runs.read_predictions(path, labelled=False)
+    assert labels is None and names == list(CLASSES)
+    return np.array(probs)
 
 
-def weighting(paths, comp: Path, metric="accuracy", tta=False, mode="fit") -> predict.Weighting:
+def weighting(paths, comp: Path, metric="accuracy", tta=False, mode="fit") -> ensemble.Weighting:
     device = torch.device("cpu")
     predictors = predict.load_models([str(p) for p in paths], device)
     images = predict.ImageCache(comp / ".cache", progress=False)
@@ -222,7 +184,7 @@ def weighting(paths, comp: Path, metric="accuracy", tta=False, mode="fit") -> pr
 def validation(comp, good, bad) -> tuple[np.ndarray, list[np.ndarray]]:
     """The labels of the shared validation images and the probabilities of the good and the bad member there."""
     predictors = predict.load_models([str(good), str(bad)], torch.device("cpu"))
-    files, labels = predict.validation_images(predictors, comp)
+    files, labels = ensemble.validation_images(predictors, comp)
     images = predict.ImageCache(comp / ".cache", progress=False)
     return labels, predict.member_probs(predictors, files, images, torch.device("cpu"), 64, tta=False)
 
@@ -242,7 +204,7 @@ def test_a_bad_member_gets_weight_zero_and_changes_nothing(comp, good, bad, vali
     labels, probs = validation
     for metric in metrics.METRICS:
         for order in (1, -1):  # whichever comes first
-            w = predict.choose_weights(probs[::order], labels, metric)
+            w = ensemble.choose_weights(probs[::order], labels, metric)
             assert (w.choice, list(w.weights[::order])) == ("best member", [1.0, 0.0]), (metric, w.reason)
             assert w.score == w.member_scores[::order][0]
             assert metrics.better(metric, *w.member_scores[::order])
@@ -252,9 +214,9 @@ def test_tta_applies_to_the_validation_predictions(comp, good, bad, validation):
     labels, (plain, _) = validation
     predictors = predict.load_models([str(good)], torch.device("cpu"))
     assert predictors[0].has_tta
-    files, _ = predict.validation_images(predictors, comp)
+    files, _ = ensemble.validation_images(predictors, comp)
     images = predict.ImageCache(comp / ".cache", progress=False)
-    tta = predict.predict_probs(predictors, files, images, torch.device("cpu"), 64, tta=True)
+    tta = predict.ensemble_probs(predictors, files, images, torch.device("cpu"), 64, tta=True)
     score = weighting([good, bad], comp, "log_loss", tta=True).member_scores[0]
     assert score == pytest.approx(metrics.score("log_loss", tta, labels), rel=1e-9)
     assert score != pytest.approx(metrics.score("log_loss", plain, labels), rel=1e-6)  # the mirrored images did count
@@ -300,7 +262,7 @@ def test_small_shared_validation_sets_fall_back(comp, good, bad, tmp_path):
                    variant(good, tmp_path / f"bad{n}.pt", bad=True, val_files=val_files[:n])]
         w = weighting(members, comp)
         assert (w.n_val, w.choice, list(w.weights)) == (n, choice, weights), w.reason
-        assert bool(w.warning) == (n < predict.MIN_SHARED_IMAGES)
+        assert bool(w.warning) == (n < ensemble.MIN_SHARED_IMAGES)
 
 
 def test_metric_from_the_checkpoint_and_against_the_solution(comp, good, bad, tmp_path, capsys):
@@ -313,7 +275,7 @@ def test_metric_from_the_checkpoint_and_against_the_solution(comp, good, bad, tm
     with open(comp / "solution.csv", newline="") as f:
         labels = np.array([CLASSES.index(row[1]) for row in list(csv.reader(f))[1:]])  # same order as the sample
     expected = metrics.score("log_loss", read_probs(probs), labels)
-    assert f"accuracy against {comp / 'solution.csv'}: {predict.score(out, comp / 'solution.csv'):.4f}" in printed
+    assert f"accuracy against {comp / 'solution.csv'}: {score_submission(out, comp / 'solution.csv'):.4f}" in printed
     line = next(x for x in printed.splitlines() if x.startswith("log_loss against"))
     assert float(line.rsplit(" ", 1)[1]) == pytest.approx(expected, abs=1e-3)  # --probs holds 6 decimals
     # --metric overrides it; --eval reports it

@@ -20,7 +20,8 @@ from safetensors.torch import save_file
 import checkpoint
 import trainer
 from conftest import write_dataset
-from models import WEIGHTS, build_model
+from errors import explain
+from models import WEIGHTS, WeightsError, build_model
 
 FAST = ["--precision", "fp32", "--channels-last", "off", "--no-progress", "--batch-size", "16"]
 TIMM_NAMES = {"rexnet": "rexnet_100", "coatnet": "coatnet_0_rw_224"}
@@ -118,9 +119,11 @@ def test_a_file_that_does_not_fit_names_the_file_and_the_tensors(tmp_path):
     resnet_file = write_weights(published("resnet"), tmp_path / "w", "safetensors")
     with pytest.raises(ValueError) as err:
         build_model("rexnet", 5, 3, 32, pretrained=str(resnet_file))
-    message = str(err.value)
+    message = explain(err.value)  # the facts, led by the option and the file at fault
+    assert isinstance(err.value, WeightsError) and "--pretrained" not in str(err.value)  # no flags below the CLI
     assert str(resnet_file) in message and "does not fit rexnet" in message and "first:" in message
     assert "layer1.0.conv1.weight" in message or "stem.conv.weight" in message
+    assert message.startswith(f"--pretrained {resnet_file}: ")
     not_weights = tmp_path / "notes.pth"
     not_weights.write_text("hello")
     with pytest.raises(ValueError, match="cannot be read as weights"):

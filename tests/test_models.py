@@ -13,6 +13,7 @@ import torchvision
 import torchvision.models._api
 
 from conftest import ROOT
+from errors import explain
 from models import MODELS, build_model
 
 NUM_CLASSES = 7  # not 10, so a hard-coded class count shows up
@@ -62,14 +63,16 @@ def test_unknown_arch_names_it_and_the_known_ones():
 
 @pytest.mark.parametrize("img_size", [28, 48])
 def test_coatnet_rejects_img_size_not_divisible_by_32(img_size):
-    with pytest.raises(ValueError, match=f"divisible by 32, got {img_size}"):
+    with pytest.raises(ValueError, match=f"divisible by 32, got {img_size}") as info:
         build_model("coatnet", NUM_CLASSES, 3, img_size)
+    assert explain(info.value).startswith(f"--img-size {img_size}: ")  # the command line names the flag
 
 
 @pytest.mark.parametrize("arch", ["cnn", "alexnet"])
 def test_pretrained_without_weights_raises(arch):
-    with pytest.raises(ValueError, match=f"no pretrained weights exist for '{arch}'"):
+    with pytest.raises(ValueError, match=f"no pretrained weights exist for '{arch}'") as info:
         build_model(arch, NUM_CLASSES, 3, 32, pretrained=True)
+    assert "--" not in str(info.value) and info.value.option == {"cnn": "pretrained", "alexnet": "img_size"}[arch]
 
 
 def patch_downloads(monkeypatch, fake):
@@ -93,7 +96,8 @@ def test_pretrained_offline_is_a_clear_runtime_error(arch, monkeypatch):
         build_model(arch, NUM_CLASSES, 1, 32, pretrained=True)
     assert calls, "the download was not the patched one"
     assert isinstance(info.value.__cause__, ConnectionError)
-    assert "Network is unreachable" in str(info.value)
+    assert "Network is unreachable" in str(info.value) and "--pretrained" not in str(info.value)
+    assert explain(info.value).endswith("name it with --pretrained FILE_OR_FOLDER")
 
 
 def imagenet_state_dict(arch):

@@ -22,6 +22,7 @@ import predict
 import checkpoint
 import trainer
 from conftest import ROOT, to_version_1, write_csv, write_dataset
+from submission import score_submission
 
 # Names that need CSV quoting (comma, double quote) and a slash, sorted so that the class index differs
 # from the order they are listed in.
@@ -102,7 +103,7 @@ def test_csv_layout_end_to_end(comp, cnn_run, tmp_path, capsys):
     # the printed accuracy is the submission's accuracy, and it is the run's test accuracy
     solution = dict(read_rows(comp / "solution.csv")[1])
     expected = np.mean([solution[i] == v for i, v in rows])
-    assert predict.score(out, comp / "solution.csv") == pytest.approx(expected)
+    assert score_submission(out, comp / "solution.csv") == pytest.approx(expected)
     assert f"accuracy against {comp / 'solution.csv'}: {expected:.4f}" in capsys.readouterr().out
     assert json.loads((cnn_run / "run.json").read_text())["test_acc"] == pytest.approx(expected)
     assert expected > 0.5  # the bars are easy: one epoch learns them
@@ -120,7 +121,7 @@ def test_folder_layout_end_to_end(tmp_path):
     assert header == ["id", "label"]
     assert [r[0] for r in rows] == [f"t{i}" for i in range(12)]
     assert {r[1] for r in rows} <= {"bird", "cat", "dog"}
-    assert predict.score(out, comp / "solution.csv") > 0.5
+    assert score_submission(out, comp / "solution.csv") > 0.5
 
 
 # ----------------------------------------------------------------------------------------------
@@ -133,7 +134,7 @@ def test_sample_ids_with_extension(cnn_run, tmp_path):
     run_predict(cnn_run, "--data", comp, "--out", out)
     _, rows = read_rows(out)
     assert [r[0] for r in rows] == [f"t{i}.png" for i in range(12)]
-    assert predict.score(out, comp / "solution.csv") > 0.5
+    assert score_submission(out, comp / "solution.csv") > 0.5
 
 
 def test_reordered_sample_keeps_header_and_order(cnn_run, fresh_comp, tmp_path):
@@ -189,29 +190,6 @@ def test_sample_naming_one_file_twice(cnn_run, fresh_comp, tmp_path):
     write_csv(fresh_comp / "sample_submission.csv", header, rows + [[rows[2][0] + ".png", rows[2][1]]])
     message = predict_error(cnn_run, "--data", fresh_comp, "--out", tmp_path / "submission.csv")
     assert "same file as line 4" in message and "'t2.png'" in message
-
-
-def test_submission_is_checked_before_it_is_written(tmp_path):
-    out = tmp_path / "submission.csv"
-    with pytest.raises(data.DataError, match="not classes"):
-        predict.write_submission(out, ["id", "label"], ["a", "b"], ["cat", "cow"], ["cat", "dog"])
-    with pytest.raises(data.DataError, match="duplicate"):
-        predict.write_submission(out, ["id", "label"], ["a", "a"], ["cat", "dog"], ["cat", "dog"])
-    assert list(tmp_path.iterdir()) == []  # nothing written, no temporary file left
-    predict.write_submission(out, ["ImageId", "Category"], ["a", "b", "c"], list(ODD_CLASSES), list(ODD_CLASSES))
-    assert read_rows(out) == (["ImageId", "Category"], [["a", "T-shirt/top"], ["b", 'say "hi", ok'], ["c", "Bag"]])
-    assert out.read_text().splitlines()[2] == 'b,"say ""hi"", ok"'
-
-
-def test_score(tmp_path):
-    write_csv(tmp_path / "solution.csv", ["id", "label"], [("a", "x, y"), ("b", "z"), ("c", "z")])
-    write_csv(tmp_path / "good.csv", ["id", "pred"], [("c", "z"), ("a", "x, y"), ("b", "z")])
-    write_csv(tmp_path / "one_wrong.csv", ["id", "label"], [("a", "x, y"), ("b", "x, y"), ("c", "z")])
-    write_csv(tmp_path / "short.csv", ["id", "label"], [("a", "x, y"), ("b", "z")])
-    assert predict.score(tmp_path / "good.csv", tmp_path / "solution.csv") == 1.0
-    assert predict.score(tmp_path / "one_wrong.csv", tmp_path / "solution.csv") == pytest.approx(2 / 3)
-    with pytest.raises(data.DataError, match="1 missing from the submission"):
-        predict.score(tmp_path / "short.csv", tmp_path / "solution.csv")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -287,7 +265,7 @@ def test_eval_on_solution_records_test_accuracy(comp, cnn_run, capsys):
 def test_a_tta_score_is_recorded_beside_the_plain_one_not_over_it(comp, cnn_run, tmp_path):
     predict.main([str(cnn_run), "--data", str(comp), "--out", str(tmp_path / "s.csv"), "--tta",
                   "--solution", str(comp / "solution.csv"), "--no-progress"])
-    tta = predict.score(tmp_path / "s.csv", comp / "solution.csv")
+    tta = score_submission(tmp_path / "s.csv", comp / "solution.csv")
     plain = predict.main([str(cnn_run), "--data", str(comp), "--eval", "--solution", str(comp / "solution.csv"),
                           "--no-progress"])["accuracy"]
     info = json.loads((cnn_run / "run.json").read_text())
@@ -365,7 +343,7 @@ def test_demo_competition_scores_against_its_solution(tmp_path, capsys):
     header, rows = read_rows(out)
     assert header == ["id", "label"] and len(rows) == 400
     assert {r[1] for r in rows} <= set(data.FASHION_MNIST_CLASSES)
-    accuracy = predict.score(out, demo / "solution.csv")
+    accuracy = score_submission(out, demo / "solution.csv")
     assert f"accuracy against {demo / 'solution.csv'}: {accuracy:.4f}" in capsys.readouterr().out
     assert accuracy > 0.3  # ten classes: chance is 0.1
 

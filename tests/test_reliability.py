@@ -24,6 +24,7 @@ import data
 import fileio
 import predict
 import runs
+import session
 import trainer
 from config import make_config
 from conftest import ROOT, read_only, small_disk, write_dataset
@@ -155,7 +156,7 @@ def test_an_image_size_the_model_cannot_take_is_named(dataset, tmp_path):
     too_deep = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 3), torch.nn.MaxPool2d(4), torch.nn.MaxPool2d(4))
     config = make_config("cnn", {}, data=str(dataset), img_size=8)
     with pytest.raises(OptionError, match="--img-size 8 is too small for cnn"):
-        trainer.check_input_size(too_deep, config, 1)
+        session.check_input_size(too_deep, config, 1)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -18,11 +18,14 @@ import numpy as np
 import pytest
 import torch
 
+import batches
 import checkpoint
+import compute
 import config as options
 import data
 import runs
 import runtime
+import session
 import trainer
 from conftest import ROOT, to_version_1, write_dataset
 from models import build_model
@@ -156,8 +159,8 @@ def test_an_older_runs_command_names_options_it_had_before_they_existed():
     assert runs.run_command(config, defaults) == "python train_cnn.py --data d --name old"
     # A script default that differs from the built-in one: a run saved before the option existed had the
     # built-in value (as --resume assumes), so its command must say so.
-    del config["label_smoothing"]
-    assert runs.run_command(config, defaults) == "python train_cnn.py --data d --name old --label-smoothing 0"
+    del config["lr"]
+    assert runs.run_command(config, defaults) == "python train_cnn.py --data d --name old --lr 0.001"
 
 
 def test_resume_gives_the_same_metrics_as_one_go(dataset, tmp_path):
@@ -196,7 +199,7 @@ def test_ema_is_evaluated_saved_and_resumed_exactly(dataset, tmp_path):
 
 def test_ema_average_follows_the_weights():
     model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
-    ema = trainer.EMA(model, decay=0.5)
+    ema = session.EMA(model, decay=0.5)
     with torch.no_grad():
         model[0].weight.add_(1.0)
         model[1].running_mean.fill_(4.0)
@@ -222,7 +225,7 @@ def test_ctrl_c_mid_epoch_saves_and_resumes_exactly(dataset, tmp_path, monkeypat
               "--batch-size", 8]
     one_go = train("cnn", *common, "--name", "one-go")
 
-    real_prefetch = data.prefetch
+    real_prefetch = batches.prefetch
 
     def interrupt_after_two_batches(batches, device, depth=2):
         for i, batch in enumerate(real_prefetch(batches, device, depth)):
@@ -230,7 +233,7 @@ def test_ctrl_c_mid_epoch_saves_and_resumes_exactly(dataset, tmp_path, monkeypat
                 os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C would, in the middle of epoch 1
             yield batch
 
-    monkeypatch.setattr(data, "prefetch", interrupt_after_two_batches)
+    monkeypatch.setattr(batches, "prefetch", interrupt_after_two_batches)  # where data.batches looks it up
     with pytest.raises(SystemExit) as stopped:
         train("cnn", *common, "--name", "interrupted")
     assert stopped.value.code == 130
@@ -238,7 +241,7 @@ def test_ctrl_c_mid_epoch_saves_and_resumes_exactly(dataset, tmp_path, monkeypat
     last = checkpoint.load_checkpoint(run / "last.pt")
     assert last["epoch"] == 0 and last["training"]["step"] == 3  # the step in flight when Ctrl-C came was finished
     assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
-    monkeypatch.setattr(data, "prefetch", real_prefetch)
+    monkeypatch.setattr(batches, "prefetch", real_prefetch)
     paused_time = json.loads((run / "run.json").read_text())["train_time"]
     train("cnn", "--resume", run, "--no-progress")
     assert comparable(metrics(run)) == comparable(metrics(one_go))
@@ -301,11 +304,11 @@ def test_precision_auto_picks_a_measured_mode(dataset, tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # nothing remembered yet
     run = train("cnn", "--data", dataset, "--runs-dir", tmp_path, "--name", "auto", "--epochs", 1,
                 "--img-size", 16, "--no-progress")
-    compute = checkpoint.read_spec(checkpoint.load_checkpoint(run / "last.pt")).compute
-    assert compute in runtime.candidate_formats("auto", "auto", torch.device("cpu"))
+    chosen = checkpoint.read_spec(checkpoint.load_checkpoint(run / "last.pt")).compute
+    assert chosen in compute.candidate_formats("auto", "auto", torch.device("cpu"))
     info = json.loads((run / "run.json").read_text())
-    assert info["mode"] == str(compute) and info["mode_choice"]["how"] == "measured"
-    assert str(compute) in info["mode_choice"]["ms_per_step"]
+    assert info["mode"] == str(chosen) and info["mode_choice"]["how"] == "measured"
+    assert str(chosen) in info["mode_choice"]["ms_per_step"]
     assert np.isfinite(float(metrics(run)[0]["train_loss"]))
 
 
@@ -313,9 +316,9 @@ def test_measure_modes_times_every_mode_and_leaves_the_model_untouched():
     torch.manual_seed(0)
     model = build_model("cnn", 3, 1, 16)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    modes = runtime.candidate_formats("auto", "auto", torch.device("cpu"))
+    modes = compute.candidate_formats("auto", "auto", torch.device("cpu"))
     x, y = torch.randn(8, 1, 16, 16), torch.randint(0, 3, (8,))
-    times = runtime.measure_formats(model, x, y, modes, torch.device("cpu"), warmup=1, min_steps=2, max_steps=4,
+    times = compute.measure_formats(model, x, y, modes, torch.device("cpu"), warmup=1, min_steps=2, max_steps=4,
                                   budget_s=0.0)
     assert set(times) == set(modes) and all(0 < t < 10 for t in times.values())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
@@ -323,40 +326,40 @@ def test_measure_modes_times_every_mode_and_leaves_the_model_untouched():
 
 def test_a_modes_step_time_is_the_mean_without_the_slowest_step():
     # a bimodal mode (half its steps slow) must not look as fast as its fast half, as a median would make it
-    assert runtime.step_time([1.0, 1.0, 1.0, 1.6, 1.6, 1.6]) == pytest.approx(1.24)
-    assert runtime.step_time([1.0, 1.1, 9.0]) == pytest.approx(1.05)  # one pause of the machine is left out
-    assert runtime.step_time([1.0, 3.0]) == pytest.approx(2.0)
+    assert compute.step_time([1.0, 1.0, 1.0, 1.6, 1.6, 1.6]) == pytest.approx(1.24)
+    assert compute.step_time([1.0, 1.1, 9.0]) == pytest.approx(1.05)  # one pause of the machine is left out
+    assert compute.step_time([1.0, 3.0]) == pytest.approx(2.0)
 
 
 def test_pick_mode_takes_the_fastest_but_prefers_fp32_when_within_5_percent():
-    fp32, fp32_cl, bf16, bf16_cl = (runtime.ComputeFormat(p, cl) for p in ("fp32", "bf16") for cl in (False, True))
+    fp32, fp32_cl, bf16, bf16_cl = (compute.ComputeFormat(p, cl) for p in ("fp32", "bf16") for cl in (False, True))
     # bf16+channels_last clearly fastest (the CNN's case): it is taken
-    assert runtime.pick_format({fp32: 0.43, fp32_cl: 0.36, bf16: 0.22, bf16_cl: 0.13}) == bf16_cl
+    assert compute.pick_format({fp32: 0.43, fp32_cl: 0.36, bf16: 0.22, bf16_cl: 0.13}) == bf16_cl
     # bf16+channels_last 3% faster than fp32+channels_last: full precision wins, the faster of the fp32 modes
-    assert runtime.pick_format({fp32: 1.30, fp32_cl: 1.03, bf16: 1.10, bf16_cl: 1.00}) == fp32_cl
+    assert compute.pick_format({fp32: 1.30, fp32_cl: 1.03, bf16: 1.10, bf16_cl: 1.00}) == fp32_cl
     # 6% faster: outside the tolerance, bf16 is taken
-    assert runtime.pick_format({fp32: 1.30, fp32_cl: 1.06, bf16: 1.10, bf16_cl: 1.00}) == bf16_cl
-    assert runtime.pick_format({fp32: 1.30, fp32_cl: 1.06, bf16: 1.10, bf16_cl: 1.00}, tolerance=0.1) == fp32_cl
+    assert compute.pick_format({fp32: 1.30, fp32_cl: 1.06, bf16: 1.10, bf16_cl: 1.00}) == bf16_cl
+    assert compute.pick_format({fp32: 1.30, fp32_cl: 1.06, bf16: 1.10, bf16_cl: 1.00}, tolerance=0.1) == fp32_cl
     # fp32 fastest anyway
-    assert runtime.pick_format({fp32: 1.2, fp32_cl: 0.9, bf16: 1.4, bf16_cl: 1.3}) == fp32_cl
+    assert compute.pick_format({fp32: 1.2, fp32_cl: 0.9, bf16: 1.4, bf16_cl: 1.3}) == fp32_cl
     # a fixed precision (only fp16 candidates) still gets the fastest of them
-    fp16, fp16_cl = runtime.candidate_formats("fp16", "auto", torch.device("cpu"))
-    assert runtime.pick_format({fp16: 1.0, fp16_cl: 0.8}) == fp16_cl
+    fp16, fp16_cl = compute.candidate_formats("fp16", "auto", torch.device("cpu"))
+    assert compute.pick_format({fp16: 1.0, fp16_cl: 0.8}) == fp16_cl
 
 
 def test_precision_auto_measures_bf16_only_where_it_has_fast_kernels(monkeypatch):
     # A CPU without bf16 kernels (AVX2 alone) runs bf16 many times slower than fp32: auto does not even try it,
     # a GPU without native bf16 (before Ampere) tries fp16 instead; bf16 asked for by name is used anyway.
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    monkeypatch.setattr(runtime, "fast_bf16", lambda device: False)
-    assert [str(m) for m in runtime.candidate_formats("auto", "auto", cpu)] == ["fp32", "fp32+channels_last"]
-    assert [str(m) for m in runtime.candidate_formats("auto", "on", cuda)] == ["fp32+channels_last",
+    monkeypatch.setattr(compute, "fast_bf16", lambda device: False)
+    assert [str(m) for m in compute.candidate_formats("auto", "auto", cpu)] == ["fp32", "fp32+channels_last"]
+    assert [str(m) for m in compute.candidate_formats("auto", "on", cuda)] == ["fp32+channels_last",
                                                                               "fp16+channels_last"]
-    assert runtime.candidate_formats("bf16", "off", cpu) == [runtime.ComputeFormat("bf16")]
-    monkeypatch.setattr(runtime, "fast_bf16", lambda device: True)
-    assert [str(m) for m in runtime.candidate_formats("auto", "auto", cpu)] == [
+    assert compute.candidate_formats("bf16", "off", cpu) == [compute.ComputeFormat("bf16")]
+    monkeypatch.setattr(compute, "fast_bf16", lambda device: True)
+    assert [str(m) for m in compute.candidate_formats("auto", "auto", cpu)] == [
         "fp32", "fp32+channels_last", "bf16", "bf16+channels_last"]
-    assert [str(m) for m in runtime.candidate_formats("auto", "off", cuda)] == ["fp32", "bf16"]
+    assert [str(m) for m in compute.candidate_formats("auto", "off", cuda)] == ["fp32", "bf16"]
 
 
 @pytest.mark.skipif(not shutil.which(os.environ.get("CXX", "g++")), reason="torch.compile on the CPU needs g++ "
@@ -386,7 +389,7 @@ def test_compile_trains_the_same_model_and_saves_plain_weights(dataset, tmp_path
 
 def test_compile_without_a_cpp_compiler_says_so(dataset, tmp_path, monkeypatch):
     monkeypatch.setattr(runtime.shutil, "which", lambda name: None)
-    with pytest.raises(SystemExit, match="--compile on the CPU needs a C\\+\\+ compiler"):
+    with pytest.raises(SystemExit, match=r"torch.compile on the CPU needs a C\+\+ compiler.*or train without --compile"):
         train("cnn", "--data", dataset, "--runs-dir", tmp_path, "--epochs", 1, "--img-size", 16, "--compile", *FAST)
 
 
@@ -420,11 +423,11 @@ def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
 
 
 def test_schedule_warms_up_then_decays_to_zero():
-    schedule = trainer.LRSchedule(lr=1.0, epochs=10, steps_per_epoch=10, warmup_epochs=1)
+    schedule = session.LRSchedule(lr=1.0, epochs=10, steps_per_epoch=10, warmup_epochs=1)
     lrs = [schedule.at(i) for i in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:])) and lrs[-1] < 1e-3
-    schedule = trainer.LRSchedule(lr=1.0, epochs=1, steps_per_epoch=10, warmup_epochs=1)
+    schedule = session.LRSchedule(lr=1.0, epochs=1, steps_per_epoch=10, warmup_epochs=1)
     lrs = [schedule.at(i) for i in range(10)]
     assert lrs[1] == pytest.approx(1.0) and lrs[-1] < 0.05  # a one-epoch run warms up briefly, then decays
 
@@ -475,18 +478,18 @@ def test_the_measured_format_is_remembered_per_model_shape_and_machine(tmp_path,
     rt = runtime.Runtime(torch.device("cpu"))
     model = build_model("cnn", 3, 1, 16)
     x, y = torch.randn(8, 1, 16, 16), torch.randint(0, 3, (8,))
-    first, how = runtime.choose_format("auto", "auto", model, x, y, rt, arch="cnn")
+    first, how = compute.choose_format("auto", "auto", model, x, y, rt, arch="cnn")
     assert how["how"] == "measured" and how["seconds"] <= 15  # the budget is 10 s, warm-up included
-    again, how = runtime.choose_format("auto", "auto", model, x, y, rt, arch="cnn")
+    again, how = compute.choose_format("auto", "auto", model, x, y, rt, arch="cnn")
     assert (again, how["how"]) == (first, "remembered")
-    memory = json.loads(runtime.format_memory_path().read_text())
-    assert list(memory) == [runtime.format_key("cnn", x, runtime.candidate_formats("auto", "auto", rt.device),
+    memory = json.loads(compute.format_memory_path().read_text())
+    assert list(memory) == [compute.format_key("cnn", x, compute.candidate_formats("auto", "auto", rt.device),
                                                rt.device)]
     # another batch shape, or formats the flags restrict, are measured anew; fixed flags measure nothing
-    _, how = runtime.choose_format("auto", "auto", model, x[:4], y[:4], rt, arch="cnn")
+    _, how = compute.choose_format("auto", "auto", model, x[:4], y[:4], rt, arch="cnn")
     assert how["how"] == "measured"
-    fixed, how = runtime.choose_format("bf16", "on", model, x, y, rt, arch="cnn")
-    assert how == {"how": "fixed by flags"} and fixed == runtime.ComputeFormat("bf16", True)
+    fixed, how = compute.choose_format("bf16", "on", model, x, y, rt, arch="cnn")
+    assert how == {"how": "fixed by flags"} and fixed == compute.ComputeFormat("bf16", True)
 
 
 def test_deterministic_mode_is_set_once_at_start():
@@ -533,7 +536,7 @@ def test_cudnn_autotuning_never_runs_in_evaluation_or_the_format_trial(dataset, 
     # torch state, so the CPU can check where it is set.
     config = options.make_config("cnn", {}, data=str(dataset), img_size=16, batch_size=16, precision="fp32",
                                  channels_last="off", runs_dir=str(tmp_path), name="flags", progress=False)
-    s, _, _ = trainer.prepare_session(config, runtime.Runtime(torch.device("cpu")))
+    s, _, _ = session.prepare_session(config, runtime.Runtime(torch.device("cpu")))
     seen = {"trial": set(), "train": set(), "eval": set()}
     where = ["trial"]
     real_forward = torch.nn.Conv2d.forward
@@ -541,7 +544,7 @@ def test_cudnn_autotuning_never_runs_in_evaluation_or_the_format_trial(dataset, 
                         lambda self, x: seen[where[0]].add(torch.backends.cudnn.benchmark) or real_forward(self, x))
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)  # as setup_runtime sets it for --cudnn-benchmark
     x, y = next(data.batches(s.data.pixels, s.data.labels, s.data.train_idx, 16, torch.device("cpu")))
-    runtime.measure_formats(s.raw_model, s.preprocess(x), y, runtime.candidate_formats("auto", "auto", s.rt.device),
+    compute.measure_formats(s.raw_model, s.preprocess(x), y, compute.candidate_formats("auto", "auto", s.rt.device),
                             s.rt.device, warmup=1, min_steps=1, max_steps=1)
     where[0] = "train"
     trainer.train_one_epoch(s, 1, trainer.StopRequest(), stop_step=2)
@@ -574,7 +577,7 @@ def test_training_steps_do_not_wait_for_the_gpu(dataset, tmp_path, monkeypatch):
     config = options.make_config("cnn", {}, data=str(dataset), img_size=16, batch_size=4, runs_dir=str(tmp_path),
                                  name="syncs", progress=False, device="cuda", precision="bf16", channels_last="on",
                                  translate=2, rotate=10.0)
-    s, _, _ = trainer.prepare_session(config, runtime.setup_runtime("cuda"))
+    s, _, _ = session.prepare_session(config, runtime.setup_runtime("cuda"))
     stop = trainer.StopRequest()
     trainer.train_one_epoch(s, 1, stop, stop_step=3)  # warm-up: kernels chosen, memory allocated
     counts = {}
@@ -611,4 +614,4 @@ def test_relative_file_names_are_those_of_relpath(tmp_path):
                        ("./data/comp", Path("data/comp/train/1.png")), (".", Path("train/1.png")),
                        ("data/comp", Path("data/other/1.png")), ("data/co", Path("data/comp/1.png")),
                        (str(tmp_path), tmp_path / "train" / "x y.png")]:
-        assert trainer._rel(path, root) == Path(os.path.relpath(path, root)).as_posix(), (root, path)
+        assert session.relative_name(path, root) == Path(os.path.relpath(path, root)).as_posix(), (root, path)

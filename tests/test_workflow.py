@@ -16,6 +16,7 @@ import data
 import metrics
 import predict
 import runs
+import session
 import trainer
 from conftest import write_dataset
 
@@ -129,9 +130,9 @@ def test_imbalanced_data_trains_with_either_balance(tmp_path):
         run = train("cnn", "--data", comp, "--runs-dir", tmp_path / "runs", "--name", mode, "--epochs", 1,
                     "--balance", mode, *FAST)
         assert np.isfinite(runs.read_metrics(run / "metrics.csv")[0]["train_loss"])
-    td = trainer.TrainData(np.zeros((42, 1, 2, 2), np.uint8), np.array([0] * 30 + [1] * 6 + [2] * 6), [],
+    td = session.TrainData(np.zeros((42, 1, 2, 2), np.uint8), np.array([0] * 30 + [1] * 6 + [2] * 6), [],
                            ["a", "b", "c"], np.arange(42), np.array([], np.int64))
-    weights = trainer.class_weights(td, torch.device("cpu"))
+    weights = session.class_weights(td, torch.device("cpu"))
     assert torch.allclose(weights, torch.tensor([42 / 90, 42 / 18, 42 / 18]))
 
 

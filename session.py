@@ -1,0 +1,414 @@
+"""Setting up a training session, once before the loop: the run's folder, its images and their split, the
+normalisation, the model (built new, or restored from a resumed run), the compute format, the optimiser, EMA and
+the learning-rate schedule. trainer.py trains the `Session` that `prepare_session` returns.
+
+    s, resume, choice = prepare_session(config, setup_runtime(config.device))
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import hashlib
+import logging
+import math
+import os
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+import data
+from checkpoint import ModelSpec, init_from_checkpoint, load_checkpoint, make_checkpoint
+from compute import ComputeFormat, choose_format
+from config import TrainConfig, default_run_name
+from errors import DataError, OptionError, SetupError, UsageError
+from fileio import atomic_write_text
+from models import WEIGHTS, build_model, head_name
+from runtime import Runtime, compile_model
+
+log = logging.getLogger("imgcomp")
+
+
+# ----------------------------------------------------------------------------------------------
+# What the loop works with
+# ----------------------------------------------------------------------------------------------
+
+class EMA:
+    """Exponential moving average of a model's weights and buffers (BatchNorm statistics included),
+    updated after each optimiser step. The decay ramps up as (1 + step) / (10 + step), so the
+    average does not hold on to the random initialisation."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        pairs = list(zip(self.model.state_dict().values(), model.state_dict().values()))
+        self._floats = ([e for e, m in pairs if e.is_floating_point()], [m for e, m in pairs if m.is_floating_point()])
+        self._others = [(e, m) for e, m in pairs if not e.is_floating_point()]
+
+    @torch.no_grad()
+    def update(self, step: int):
+        decay = min(self.decay, (1 + step) / (10 + step))
+        torch._foreach_lerp_(self._floats[0], self._floats[1], 1.0 - decay)
+        for e, m in self._others:
+            e.copy_(m)
+
+
+@dataclass
+class LRSchedule:
+    """Linear warm-up, then cosine decay to zero, over every step of the run."""
+    lr: float
+    epochs: int
+    steps_per_epoch: int
+    warmup_epochs: float
+
+    def at(self, step: int) -> float:
+        total = self.epochs * self.steps_per_epoch
+        # A short run still decays: the warm-up never takes more than a quarter of it.
+        warmup = min(int(self.warmup_epochs * self.steps_per_epoch), total // 4)
+        if step < warmup:
+            return self.lr * (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return self.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+@dataclass
+class TrainData:
+    """A run's images (uint8: memory-mapped, or resident on the GPU), labels, files and class names, its split."""
+    pixels: np.ndarray | torch.Tensor
+    labels: np.ndarray
+    files: list[Path]
+    class_names: list[str]
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+
+
+@dataclass
+class Progress:
+    """What a run has done so far; saved in its checkpoints and restored on resuming."""
+    history: list[dict] = field(default_factory=list)  # the rows of metrics.csv
+    best_val_acc: float = -1.0  # the validation accuracy at the best epoch
+    best_epoch: int = 0  # the epoch with the best validation score (by --metric); 0: none yet
+    best_val_score: float = math.nan
+    train_time: float = 0.0  # seconds of finished epochs
+
+
+@dataclass
+class Session:
+    """Everything the loop works with, set up once by `prepare_session`."""
+    config: TrainConfig  # named after the run's folder, as config.json and the checkpoints record it
+    rt: Runtime
+    run_dir: Path
+    data: TrainData
+    spec: ModelSpec  # what predicts: architecture, classes, input size, normalisation, compute format
+    model: nn.Module  # what trains: DistributedDataParallel-wrapped when distributed, compiled with --compile
+    raw_model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    preprocess: data.Preprocess  # with the training augmentation
+    schedule: LRSchedule
+    loss_fn: nn.Module  # cross-entropy with --label-smoothing and --balance loss's class weights
+    mix: data.Mix  # --mixup / --cutmix
+    ema: EMA | None = None
+    progress: Progress = field(default_factory=Progress)
+    dataset_key: str = ""  # fingerprint of the training files and labels (`dataset_key`)
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights that are evaluated and saved for prediction: the moving average when --ema is on."""
+        return self.ema.model if self.ema else self.raw_model
+
+    def file_names(self, indices) -> list[str]:
+        """The names of the images `indices`, relative to the data folder (as checkpoints and CSVs hold them)."""
+        return [relative_name(self.data.files[i], self.config.data) for i in indices]
+
+    def checkpoint(self, epoch: int, step: int = 0, partial: dict | None = None, resumable: bool = True) -> dict:
+        """The checkpoint after `epoch` (and `step` steps of the next one, with its `partial` sums); only a
+        `resumable` one (last.pt) holds the optimiser, RNG and training weights."""
+        training = None
+        if resumable:
+            training = {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(), "step": step,
+                        "partial": partial or {}, "rng": torch.get_rng_state(),
+                        "cuda_rng": torch.cuda.get_rng_state(self.rt.device) if self.rt.device.type == "cuda" else None}
+            if self.ema:  # resuming needs the trained weights as well as their average
+                training["train_model"] = self.raw_model.state_dict()
+        p = self.progress
+        return make_checkpoint(self.spec, self.eval_model.state_dict(), dataclasses.asdict(self.config), epoch,
+                               p.history, p.best_val_acc, p.best_epoch, p.train_time,
+                               self.file_names(self.data.val_idx), self.dataset_key, training, p.best_val_score)
+
+
+def relative_name(path: Path, root: str) -> str:
+    """`path` relative to `root`, with forward slashes: cut as a string where `root` begins it (as it does for
+    every file found below it), since os.path.relpath costs seconds for 10^5 files."""
+    text, prefix = os.fspath(path), _folder_prefix(root)
+    if text.startswith(prefix):
+        return text[len(prefix):].replace(os.sep, "/")
+    return Path(os.path.relpath(path, root)).as_posix()
+
+
+@functools.lru_cache(maxsize=16)
+def _folder_prefix(root: str) -> str:
+    return os.path.join(os.fspath(Path(root)), "")
+
+
+# ----------------------------------------------------------------------------------------------
+# The run's folder and images
+# ----------------------------------------------------------------------------------------------
+
+def run_dir_for(config: TrainConfig) -> Path:
+    """The run's folder: the resumed one, or a new one in --runs-dir (named --name, else <arch>-<date>-<time>),
+    which must not hold a run already."""
+    if config.resume:
+        return Path(config.resume)
+    run_dir = Path(config.runs_dir) / (config.name or default_run_name(config.arch))
+    if (run_dir / "last.pt").exists():
+        raise DataError(f"run folder {run_dir} already holds a run: resume it with --resume {run_dir}, "
+                        "or choose another --name")
+    return run_dir
+
+
+def dataset_key(train_data: TrainData, root: str) -> str:
+    """A fingerprint of the training files and their labels: resuming on changed data is noticed."""
+    digest = hashlib.sha256()
+    for path, label in zip(train_data.files, train_data.labels):
+        digest.update(f"{relative_name(path, root)}\0{label}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def check_same_data(resume: dict, train_data: TrainData, config: TrainConfig, key: str):
+    """Refuse to resume on a dataset whose files changed since the run began (the split would silently
+    change), unless --allow-data-change."""
+    if resume["spec"]["class_names"] != train_data.class_names:
+        raise DataError(f"--resume: the classes in {config.data} differ from the run's {resume['spec']['class_names']}")
+    val_files = [relative_name(train_data.files[i], config.data) for i in train_data.val_idx]
+    same = val_files == resume["val_files"] and resume.get("dataset_key", key) == key
+    if not same and not config.allow_data_change:
+        raise DataError(f"--resume: the training images in {config.data} changed since the run began (other files "
+                        "or labels), so its training and validation split would change; resume on the same data, or "
+                        "pass --allow-data-change to continue on the new split")
+    if not same:
+        log.warning("--allow-data-change: the dataset changed since the run began; continuing on the new split")
+
+
+def load_train_data(config: TrainConfig, rt: Runtime, run_dir: Path) -> TrainData:
+    """Find, decode (once, cached) and split the training images; with --skip-bad, leave out unreadable ones."""
+    found = data.find_labelled_images(config.data, config.id_col or None, config.label_col or None)
+    if rt.is_main:
+        for note in found.notes:
+            log.info(note)
+    if rt.distributed and not rt.is_main:
+        dist.barrier()  # rank 0 decodes and caches first; the others then read its cache
+    images = data.load_images(found.files, config.img_size, None, data.cache_dir_for(config.data, config.cache_dir),
+                              progress=rt.is_main and config.progress)
+    if rt.distributed and rt.is_main:
+        dist.barrier()
+    if images.bad and not config.skip_bad:
+        images.raise_if_bad()
+    if config.folds:
+        holds_out = data.stratified_folds(found.labels, config.folds, config.seed) == config.fold - 1
+        train_idx, val_idx = np.flatnonzero(~holds_out), np.flatnonzero(holds_out)
+    else:
+        train_idx, val_idx = data.stratified_split(found.labels, config.val_split, config.seed)
+    if images.bad:
+        train_idx = np.setdiff1d(train_idx, list(images.bad))
+        val_idx = np.setdiff1d(val_idx, list(images.bad))
+        if rt.is_main:
+            record_skipped(run_dir, images.files, images.bad)
+    if len(train_idx) < 2:
+        raise DataError(f"only {len(train_idx)} training image(s) after the validation split")
+    return TrainData(images.pixels, found.labels, found.files, found.class_names, train_idx, val_idx)
+
+
+def record_skipped(run_dir: Path, files: list, bad: dict[int, str]):
+    """--skip-bad: the unreadable images left out, and why, in the run's skipped.txt."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "skipped.txt", "".join(f"{files[i]}\t{why}\n" for i, why in sorted(bad.items())))
+    log.warning("--skip-bad: left out %d unreadable image(s), listed in %s", len(bad), run_dir / "skipped.txt")
+
+
+NORM_WEIGHTS, NORM_DATA = "the pretrained weights' own mean/std", "the training images' mean/std"
+
+
+def norm_source(config: TrainConfig) -> str:
+    """Whose mean/std the run normalises with (--normalize, --norm-stats, --pretrained)."""
+    if not config.normalize:
+        return "none"
+    use_weights = config.norm_stats == "weights" or (config.norm_stats == "auto" and bool(config.pretrained))
+    return NORM_WEIGHTS if use_weights else NORM_DATA
+
+
+def normalization(config: TrainConfig, train_data: TrainData, channels: int) -> tuple[list | None, list | None]:
+    """The (mean, std) the run normalises with (None, None without --normalize): the pretrained weights' own
+    with --pretrained (or --norm-stats weights), else the training images' (--norm-stats data)."""
+    if not config.normalize:
+        return None, None
+    if norm_source(config) == NORM_WEIGHTS:
+        if config.arch not in WEIGHTS:
+            raise OptionError(f"--norm-stats weights: {config.arch} has no pretrained weights to take it from")
+        mean, std = list(WEIGHTS[config.arch].mean), list(WEIGHTS[config.arch].std)
+        if channels == 1:  # the stem sums its RGB filters for gray input: the channels' average stands for all
+            mean, std = [statistics.fmean(mean)], [statistics.fmean(std)]
+        return mean, std
+    return data.channel_stats(train_data.pixels, train_data.train_idx)
+
+
+def class_weights(train_data: TrainData, device: torch.device) -> torch.Tensor:
+    """--balance loss: each class's loss weighed by its inverse frequency among the training images, scaled so
+    that an image weighs 1 on average."""
+    counts = np.bincount(train_data.labels[train_data.train_idx], minlength=len(train_data.class_names))
+    weights = len(train_data.train_idx) / (len(counts) * np.maximum(counts, 1))
+    return torch.tensor(weights, dtype=torch.float32, device=device)
+
+
+# ----------------------------------------------------------------------------------------------
+# The model and what trains it
+# ----------------------------------------------------------------------------------------------
+
+def build_network(config: TrainConfig, classes: int, channels: int, pretrained: str | bool) -> nn.Module:
+    """The architecture of `config` for `classes` classes and `channels` input channels at --img-size, from the
+    `pretrained` weights (falsy: none), checked on a batch of that size. The models state facts: an error that
+    names no option gains here the flags it is about."""
+    try:
+        model = build_model(config.arch, classes, channels, config.img_size, pretrained=pretrained)
+    except UsageError:
+        raise  # it names its option (WeightsError: --pretrained), which the command line spells
+    except ValueError as e:  # e.g. no published weights for these settings
+        raise OptionError(f"{config.arch} with --img-size {config.img_size}{' --pretrained' if config.pretrained else ''}: "
+                          f"{e}") from None
+    except RuntimeError as e:  # e.g. published weights that do not fit
+        raise SetupError(str(e)) from None
+    check_input_size(model, config, channels)
+    return model
+
+
+def check_input_size(model: nn.Module, config: TrainConfig, channels: int):
+    """A clear error when the model cannot take images of --img-size (too small for its downsampling)."""
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(2, channels, config.img_size, config.img_size))
+    except RuntimeError as e:
+        raise OptionError(f"--img-size {config.img_size} is too small for {config.arch}: "
+                          f"{str(e).splitlines()[0]}") from None
+
+
+def is_head(name: str, arch: str) -> bool:
+    return name.startswith(head_name(arch) + ".")
+
+
+def freeze_backbone(s: Session, frozen: bool):
+    """With --freeze-epochs: only the classifier layer trains while `frozen`."""
+    for name, p in s.raw_model.named_parameters():
+        if not is_head(name, s.config.arch):
+            p.requires_grad_(not frozen)
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig, fused: bool = False) -> torch.optim.Optimizer:
+    """AdamW or SGD; biases and norms are not decayed. With --head-lr-mult the classifier layer's groups carry
+    an `lr_scale`, which the loop applies to the scheduled learning rate. `fused` (on CUDA): one kernel for the
+    whole update instead of several per parameter."""
+    named = list(model.named_parameters())
+    parts = [("", named)] if config.head_lr_mult == 1 else [
+        ("backbone", [(n, p) for n, p in named if not is_head(n, config.arch)]),
+        ("head", [(n, p) for n, p in named if is_head(n, config.arch)])]
+    groups = []
+    for part, params in parts:
+        scale = config.head_lr_mult if part == "head" else 1.0
+        groups += [{"params": [p for _, p in params if p.ndim > 1], "weight_decay": config.weight_decay, "lr_scale": scale},
+                   {"params": [p for _, p in params if p.ndim <= 1], "weight_decay": 0.0, "lr_scale": scale}]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True, fused=fused or None)
+    return torch.optim.AdamW(groups, lr=config.lr, fused=fused or None)
+
+
+def wrap_model(model: nn.Module, config: TrainConfig, rt: Runtime) -> nn.Module:
+    """What trains: `model` wrapped for torchrun (DistributedDataParallel) and compiled with --compile."""
+    if rt.distributed:
+        # A frozen backbone produces no gradients: DDP must not wait for them.
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda"
+                                                    else None, find_unused_parameters=config.freeze_epochs > 0)
+    return compile_model(model, rt) if config.compile else model
+
+
+# ----------------------------------------------------------------------------------------------
+# Setting up
+# ----------------------------------------------------------------------------------------------
+
+def prepare_session(config: TrainConfig, rt: Runtime, run_dir: Path | None = None) -> tuple[Session, dict | None, dict | None]:
+    """Load the data, build the model and optimiser, choose the compute format, and restore a resumed run.
+    Returns the session, the resumed checkpoint (None for a new run) and how the compute format was
+    chosen (None when resumed: the run keeps its format)."""
+    torch.manual_seed(config.seed)
+    resume = load_checkpoint(Path(config.resume) / "last.pt") if config.resume else None
+    run_dir = run_dir or run_dir_for(config)
+    config = dataclasses.replace(config, name=run_dir.name)  # the name config.json and the checkpoints record
+    train_data = load_train_data(config, rt, run_dir)
+    channels = int(train_data.pixels.shape[1])
+    key = dataset_key(train_data, config.data)
+    if resume:
+        check_same_data(resume, train_data, config, key)
+    if config.batch_size // rt.world_size < 1:
+        raise DataError(f"--batch-size {config.batch_size} is smaller than the number of processes ({rt.world_size})")
+    mean, std = (resume["spec"]["mean"], resume["spec"]["std"]) if resume else normalization(config, train_data, channels)
+    train_data.pixels = data.resident(train_data.pixels, rt.device)
+    model = build_network(config, len(train_data.class_names), channels, config.pretrained if not resume else False)
+    if config.init and not resume:
+        init_from_checkpoint(model, config.init, config.arch)
+    model.to(rt.device)
+    if resume:
+        compute, choice = ComputeFormat(**resume["spec"]["compute"]), None
+    else:
+        compute, choice = measured_format(config, rt, model, train_data, data.Preprocess(mean, std))
+    model.to(memory_format=compute.memory_format)
+    spec = ModelSpec(config.arch, list(train_data.class_names), config.img_size, channels, mean, std, compute,
+                     config.hflip)
+    s = assemble_session(config, rt, run_dir, train_data, spec, model, key)
+    if resume:
+        restore_run(s, resume)
+    return s, resume, choice
+
+
+def measured_format(config: TrainConfig, rt: Runtime, model: nn.Module, train_data: TrainData,
+                    preprocess: data.Preprocess) -> tuple[ComputeFormat, dict]:
+    """The compute format --precision and --channels-last allow, measured on the run's first batch where they say
+    auto; and how it was chosen."""
+    x, y = next(data.batches(train_data.pixels, train_data.labels, train_data.train_idx,
+                             config.batch_size // rt.world_size, rt.device, shuffle=True, seed=config.seed))
+    return choose_format(config.precision, config.channels_last, model, preprocess(x), y, rt, arch=config.arch)
+
+
+def assemble_session(config: TrainConfig, rt: Runtime, run_dir: Path, train_data: TrainData, spec: ModelSpec,
+                     model: nn.Module, key: str) -> Session:
+    """The session around `model` (on its device, in its memory format): its optimiser, loss scaler, wrapper,
+    augmentation, schedule, loss, MixUp/CutMix and EMA."""
+    optimizer = build_optimizer(model, config, fused=rt.device.type == "cuda")
+    scaler = torch.amp.GradScaler(rt.device.type, enabled=spec.compute.precision == "fp16")  # a no-op unless fp16
+    wrapped = wrap_model(model, config, rt)
+    augment = data.Augment(hflip=config.hflip, rotate=config.rotate, translate=config.translate, erase=config.erase)
+    schedule = LRSchedule(config.lr, config.epochs,
+                          data.count_batches(len(train_data.train_idx), config.batch_size, drop_last=True),
+                          config.warmup_epochs)
+    loss_fn = nn.CrossEntropyLoss(weight=class_weights(train_data, rt.device) if config.balance == "loss" else None,
+                                  label_smoothing=config.label_smoothing)
+    return Session(config, rt, run_dir, train_data, spec, wrapped, model, optimizer, scaler,
+                   data.Preprocess(spec.mean, spec.std, augment, spec.compute.memory_format), schedule, loss_fn,
+                   data.Mix(config.mixup, config.cutmix), EMA(model, config.ema) if config.ema else None,
+                   dataset_key=key)
+
+
+def restore_run(s: Session, resume: dict):
+    """Continue the run of the checkpoint `resume` (its last.pt): the trained weights, their moving average, the
+    optimiser and loss scaler as it saved them, and what it had done."""
+    training = resume["training"]
+    s.raw_model.load_state_dict(training.get("train_model", resume["model"]))
+    if s.ema:
+        s.ema.model.load_state_dict(resume["model"])
+    s.optimizer.load_state_dict(training["optimizer"])
+    s.scaler.load_state_dict(training["scaler"])
+    s.progress = Progress(history=resume["history"], best_val_acc=resume["best_val_acc"],
+                          best_epoch=resume["best_epoch"], train_time=resume["train_time"],
+                          best_val_score=resume.get("best_val_score", resume["best_val_acc"]))
