@@ -13,16 +13,19 @@ import torch
 import torch.nn.functional as F
 
 from decode import images_per_chunk
-from errors import DataError
+from errors import DataError, OptionError
 
 log = logging.getLogger("imgcomp")
 
 
 def stratified_split(labels: np.ndarray, val_split: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (train, val) holding out `val_split` of each class; the same for the same seed."""
+    """Indices (train, val) holding out `val_split` of each class; the same for the same seed. Multi-label
+    labels (N, C): iterative stratification, each tag in both parts where it can be (best effort)."""
     if not 0 <= val_split < 1:
         raise DataError(f"val_split must be in [0, 1), got {val_split}", option="val_split")
     labels = np.asarray(labels)
+    if labels.ndim == 2:
+        return _split_multi_label(labels, val_split, seed)
     rng = np.random.default_rng(seed)
     train, val = [], []
     for c in np.unique(labels):
@@ -37,8 +40,11 @@ def stratified_split(labels: np.ndarray, val_split: float, seed: int) -> tuple[n
 
 
 def stratified_folds(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
-    """The fold (0..folds-1) of each image: every class spread evenly over the folds; the same for the same seed."""
+    """The fold (0..folds-1) of each image: every class spread evenly over the folds; the same for the same seed.
+    Multi-label labels (N, C): iterative stratification of the tags."""
     labels = np.asarray(labels)
+    if labels.ndim == 2:
+        return _folds_multi_label(labels, folds, seed)
     rng = np.random.default_rng([seed, folds])
     fold_of = np.empty(len(labels), dtype=np.int64)
     offset = 0
@@ -48,6 +54,71 @@ def stratified_folds(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
         fold_of[idx] = (np.arange(len(idx)) + offset) % folds
         offset += len(idx)  # the next class starts where this one ended: the folds' sizes differ by one at most
     return fold_of
+
+
+# Iterative stratification (Sechidis et al., 2011, https://doi.org/10.1007/978-3-642-23808-6_10), from the
+# iterative-stratification package: the rarest tag's images are placed first, each where it is wanted most.
+def _split_multi_label(labels: np.ndarray, val_split: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    everything = np.arange(len(labels))
+    if val_split == 0:
+        return everything, everything[:0]
+    from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit  # imports scikit-learn: only when needed
+    try:
+        splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=val_split, random_state=seed)
+        train, val = next(splitter.split(everything[:, None], labels))
+    except ValueError as e:  # too few images for the fraction
+        raise DataError(f"{len(labels)} images cannot be split with val_split {val_split} ({e})",
+                        option="val_split") from None
+    return _cover_tags(labels, np.sort(train), np.sort(val))
+
+
+def _cover_tags(labels: np.ndarray, train: np.ndarray, val: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Move one training image of each tag missing from the validation images there, when the tag's other
+    images keep every training tag present (the rarest tags are too rare for the split's proportions)."""
+    in_train, in_val = labels[train].sum(axis=0).astype(np.int64), labels[val].sum(axis=0).astype(np.int64)
+    moved = []
+    for tag in np.flatnonzero((in_val == 0) & (in_train >= 2)):
+        for i in train[labels[train, tag] > 0]:
+            tags = labels[i] > 0
+            if i not in moved and (in_train[tags] >= 2).all():
+                moved.append(i)
+                in_train[tags] -= 1
+                in_val[tags] += 1
+                break
+    if not moved:
+        return train, val
+    return np.setdiff1d(train, moved), np.sort(np.concatenate([val, moved]))
+
+
+def _folds_multi_label(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+    fold_of = np.empty(len(labels), dtype=np.int64)
+    try:
+        splitter = MultilabelStratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+        for k, (_, held_out) in enumerate(splitter.split(np.zeros((len(labels), 1)), labels)):
+            fold_of[held_out] = k
+    except ValueError as e:  # more folds than images
+        raise DataError(f"{len(labels)} images cannot be split into {folds} folds ({e})", option="folds") from None
+    return fold_of
+
+
+def label_matrix(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """(N, C) float32 indicators of labels: the multi-hot rows of multi-label labels (N, C), the one-hot rows of
+    class indices (N,)."""
+    labels = np.asarray(labels)
+    if labels.ndim == 2:
+        return labels.astype(np.float32)
+    out = np.zeros((len(labels), num_classes), dtype=np.float32)
+    out[np.arange(len(labels)), labels] = 1
+    return out
+
+
+def check_balance(balance: str, multi_label: bool):
+    """The balanced sampler draws images by their one class: multi-label images have none."""
+    if balance == "sampler" and multi_label:
+        raise OptionError("draws each class equally often, which needs single-label data; these images carry "
+                          "several tags each", option="balance", value="sampler",
+                          fix="{flag} loss weighs each tag's loss by its frequency instead")
 
 
 def channel_stats(pixels: np.ndarray, indices: np.ndarray, chunk: int | None = None) -> tuple[list[float], list[float]]:
@@ -95,6 +166,7 @@ def iterate_batches(pixels: np.ndarray, labels: np.ndarray | None, indices: np.n
     `world_size` processes takes its share of every batch."""
     indices = np.asarray(indices)
     if shuffle and balance:
+        check_balance("sampler", labels.ndim == 2)
         counts = np.bincount(labels[indices])
         weights = 1.0 / counts[labels[indices]]
         indices = np.random.default_rng([seed, epoch]).choice(indices, size=len(indices), p=weights / weights.sum())
@@ -229,8 +301,8 @@ class Mix:
     """MixUp (Zhang et al., https://arxiv.org/abs/1710.09412) and CutMix (Yun et al.,
     https://arxiv.org/abs/1905.04899) on whole batches on the device: each batch is blended with itself in
     reverse order, by a weight lam ~ Beta(alpha, alpha) (MixUp: the pixels; CutMix: a box of area 1 - lam
-    pasted), and the targets become the same blend of the two one-hot labels. With both alphas set, each
-    batch takes one of the two at random."""
+    pasted), and the targets become the same blend of the two one-hot labels (multi-label: of the two multi-hot
+    tag vectors). With both alphas set, each batch takes one of the two at random."""
     mixup: float = 0.0  # alpha of MixUp's Beta distribution (0: off)
     cutmix: float = 0.0  # alpha of CutMix's (0: off)
 
@@ -239,7 +311,8 @@ class Mix:
         return self.mixup > 0 or self.cutmix > 0
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(mixed images, soft targets (B, classes), the label that weighs most in each image's target)."""
+        """(mixed images, soft targets (B, classes), the label that weighs most in each image's target), for
+        labels `y` that are class indices (B,) or multi-hot tags (B, classes)."""
         # Drawn on the CPU: a decision read back from the GPU would wait for it every step.
         use_cutmix = self.cutmix > 0 and (self.mixup <= 0 or bool(torch.rand(()) < 0.5))
         alpha = self.cutmix if use_cutmix else self.mixup
@@ -256,8 +329,8 @@ class Mix:
             lam = 1 - (y1 - y0) * (x1 - x0) / (h * w)  # the box as clipped at the border
         else:
             x = x * lam + other * (1 - lam)
-        one_hot = F.one_hot(y, num_classes).to(x.dtype)
-        targets = one_hot * lam + one_hot.flip(0) * (1 - lam)
+        hot = (y if y.ndim == 2 else F.one_hot(y, num_classes)).to(x.dtype)
+        targets = hot * lam + hot.flip(0) * (1 - lam)
         return x, targets, y if lam >= 0.5 else y.flip(0)
 
 

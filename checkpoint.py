@@ -3,7 +3,9 @@ running code (older versions are brought up to date on loading), and rebuilding 
 
 A checkpoint is a dict:
     format, version          "imgcomp-checkpoint", CHECKPOINT_VERSION
-    spec                     ModelSpec as a dict: everything that rebuilds the model and feeds it images
+    spec                     ModelSpec as a dict: everything that rebuilds the model and feeds it images, and how
+                             its outputs read (multi_label, thresholds: absent from older checkpoints, which are
+                             single-label)
     model                    the weights that predict (the moving average, when the run keeps one)
     config                   the run's TrainConfig as a dict
     epoch, history, best_val_acc, best_epoch, train_time, val_files (relative to the data folder)
@@ -45,6 +47,10 @@ class ModelSpec:
     std: list[float] | None
     compute: ComputeFormat
     hflip: bool  # trained with flips: test-time augmentation may mirror images
+    multi_label: bool = False  # one sigmoid per class (the tags of an image), not one softmax over the classes
+    # Multi-label: each tag's decision threshold, fitted for the run's metric on the validation images at the best
+    # epoch (None: 0.5 each).
+    thresholds: list[float] | None = None
 
     def build(self) -> nn.Module:
         return build_model(self.arch, len(self.class_names), self.channels, self.img_size)

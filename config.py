@@ -17,7 +17,7 @@ import time
 
 from errors import DataError, OptionError, flag
 from fileio import atomic_write_text
-from metrics import METRICS
+from metrics import METRICS, check_metric
 from models import MODELS
 
 
@@ -27,7 +27,8 @@ def _opt(default, help, **extra):
 
 @dataclass
 class TrainConfig:
-    data: str = _opt("", "dataset folder (train.csv + train/, or train/<class>/...)")
+    data: str = _opt("", "dataset folder: a labels CSV and an image folder (train.csv + train/, labels.csv + "
+                         "train_images/, ...), or train/<class>/...")
     arch: str = _opt("", "architecture (set by each train_<arch>.py)", choices=list(MODELS))
     epochs: int = _opt(10, "number of epochs (may be raised with --resume)")
     batch_size: int = _opt(128, "global batch size (split across torchrun processes)")
@@ -51,8 +52,8 @@ class TrainConfig:
                               "0: off); with --mixup too, each batch takes one of the two")
     balance: str = _opt("off", "class imbalance: 'sampler' draws each class equally often, 'loss' weighs each class's "
                                "loss by its inverse frequency", choices=["off", "sampler", "loss"])
-    metric: str = _opt("accuracy", "the competition's metric, computed on the validation split every epoch: it "
-                                    "decides best.pt and --patience", choices=list(METRICS))
+    metric: str = _opt("accuracy", f"the competition's metric: {', '.join(METRICS)} or map@K (K >= 1), computed on "
+                                    "the validation split every epoch: it decides best.pt and --patience")
     folds: int = _opt(0, "k-fold: train K runs NAME-f1..NAME-fK, each holding out one stratified fold (instead of "
                          "--val-split), and collect their out-of-fold predictions in RUNS/NAME-oof.csv (0: off)")
     fold: int = _opt(0, "with --folds: train only fold I (1..K)")
@@ -85,8 +86,18 @@ class TrainConfig:
     freeze_epochs: int = _opt(0, "train only the classifier layer for this many first epochs, the backbone frozen "
                                  "(with --pretrained)")
     skip_bad: bool = _opt(False, "leave out unreadable images (listed in the run folder) instead of stopping")
-    id_col: str = _opt("", "id column of train.csv (default: detected)")
-    label_col: str = _opt("", "label column of train.csv (default: detected)")
+    labels: str = _opt("", "the labels CSV (default: the first of train.csv, labels.csv, train_labels.csv, "
+                           "train_v2.csv in --data)", metavar="FILE")
+    train_dir: str = _opt("", "the training images' folder (default: the first of train/, train_images/, images/ in "
+                              "--data)", metavar="DIR")
+    test_dir: str = _opt("", "the test images' folder (default: test/ or test_images/ in --data)", metavar="DIR")
+    id_col: str = _opt("", "id column of the labels CSV (default: detected)")
+    label_col: str = _opt("", "label column of the labels CSV (default: detected among label, class, target, tags, "
+                              "breed, diagnosis, ...; else one-hot 0/1 columns, one per class)")
+    multi_label: bool | None = _opt(None, "multi-label: each image has a space-separated list of tags (sigmoid "
+                                          "outputs, binary cross-entropy, per-class thresholds); --no-multi-label: "
+                                          "one class per image even if the labels hold spaces (default: detected "
+                                          "from the labels)")
     cache_dir: str = _opt("", "where decoded images are cached (default: DATA/.cache)")
     device: str = _opt("auto", "auto (CUDA when available), cpu, cuda, cuda:N")
     cudnn_benchmark: bool = _opt(False, "on a GPU, let cuDNN time every algorithm of each convolution shape on its first "
@@ -124,7 +135,7 @@ def build_parser(arch: str, defaults: dict) -> argparse.ArgumentParser:
         flag_name = flag(f.name)
         default = defaults.get(f.name, f.default)
         help_text = f.metadata["help"] + (f" (default: {default})" if default not in ("", None) else "")
-        if f.type in ("bool", bool):
+        if f.type in ("bool", bool, "bool | None"):  # bool | None: unset (None) unless given
             parser.add_argument(flag_name, action=argparse.BooleanOptionalAction, help=help_text)
         elif "nargs" in f.metadata:
             parser.add_argument(flag_name, type=str, nargs=f.metadata["nargs"], const=f.metadata["const"], help=help_text,
@@ -132,7 +143,7 @@ def build_parser(arch: str, defaults: dict) -> argparse.ArgumentParser:
         else:
             kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
             parser.add_argument(flag_name, type=kind, help=help_text, choices=f.metadata.get("choices"),
-                                metavar=None if "choices" in f.metadata else f.name.upper())
+                                metavar=None if "choices" in f.metadata else f.metadata.get("metavar", f.name.upper()))
     return parser
 
 
@@ -216,6 +227,10 @@ def check_config(config: TrainConfig):
         raise OptionError("--fold I needs --folds K")
     if config.head_lr_mult <= 0:
         raise OptionError(f"--head-lr-mult must be positive, got {config.head_lr_mult}")
+    try:
+        check_metric(config.metric, config.multi_label)
+    except OptionError as e:
+        raise OptionError(f"--metric: {e}") from None
     if config.norm_stats == "weights" and not config.pretrained:
         raise OptionError("--norm-stats weights needs --pretrained (weights whose normalisation to use)")
     if config.name and (config.name in (".", "..") or any(c in config.name for c in "/\\\0")

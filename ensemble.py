@@ -3,11 +3,15 @@ held out (or on the out-of-fold predictions of k-fold runs), and the table that 
 
     w = choose_weights(probs, labels, "macro_f1")   # probs: each member's (N, C) probabilities on the same images
     blend(probs, w.weights)                        # the ensemble's probabilities
+    w.thresholds                                   # multi-label: the blend's thresholds, fitted on these images
+
+Multi-label members blend their sigmoid probabilities the same way; labels are then (N, C) multi-hot.
 
 A member is a model with its checkpoint (`Member`; predict.Predictor is one); the models are run elsewhere.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -59,6 +63,7 @@ class Weighting:
     member_scores: list[float] | None = None
     score: float | None = None
     warning: str = ""
+    thresholds: np.ndarray | None = None  # multi-label: fitted for the blend on these images (None: not fitted)
 
 
 def equal_weights(n: int) -> np.ndarray:
@@ -135,13 +140,15 @@ def choose_weights(probs: list[np.ndarray], labels: np.ndarray, metric: str) -> 
       bootstrap resamples of the images: for accuracy on 400 images, fixing 3 images net without breaking any
       passes, fixing one does not (it is not drawn in 37% of resamples);
     - at most MAX_FIT_STEPS (20) greedy steps, each mixing in a member with a share of 1/2, 1/3, 1/5 or 1/10.
-    Every choice scores at least the best member on these images."""
+    Every choice scores at least the best member on these images. Multi-label labels (N, C): the weights are
+    chosen with decisions at 0.5, then the blend's thresholds fitted on these images (metrics.fit_thresholds)."""
     n = len(labels)
     scores = [metrics.score(metric, p, labels) for p in probs]
     simple, simple_choice, simple_score, simple_name, versus = _simple_choice(probs, labels, metric, scores)
 
     def chosen(weights, choice, score, reason, warning="") -> Weighting:
-        return Weighting(weights, choice, reason, metric, n, scores, score, warning)
+        thresholds = metrics.fit_thresholds(metric, blend(probs, weights), labels) if labels.ndim == 2 else None
+        return Weighting(weights, choice, reason, metric, n, scores, score, warning, thresholds)
 
     if n < MIN_SHARED_IMAGES:
         return chosen(simple, simple_choice, simple_score, f"{simple_name}, not fitted: {versus}",
@@ -199,15 +206,42 @@ def validation_images(members: list[Member], data_dir: Path) -> tuple[list[Path]
         raise DataError(f"{' and '.join(str(p.path) for p in members)} hold out different validation images "
                         f"(another seed, validation share or data?), fewer than {MIN_SHARED_IMAGES} of them in common")
     config = first["config"]
-    found = data.find_labelled_images(data_dir, config.get("id_col") or None, config.get("label_col") or None)
+    found = training_images(data_dir, config)
     by_rel = {Path(os.path.relpath(f, data_dir)).as_posix(): i for i, f in enumerate(found.files)}
     missing = [rel for rel in shared if rel not in by_rel]
     if missing:
         raise DataError(f"{len(missing)} validation image(s) of {members[0].path} are not training images of "
                         f"{data_dir} (trained on {config.get('data')!r}?):{data.listing(missing)}")
     rows = [by_rel[rel] for rel in shared]
-    names = [found.class_names[found.labels[i]] for i in rows]
-    return [found.files[i] for i in rows], label_indices(names, members[0].class_names, f"{data_dir}")
+    texts = [data.label_text(found.labels[i], found.class_names, found.multi_label) for i in rows]
+    return [found.files[i] for i in rows], read_labels(texts, members[0], f"{data_dir}")
+
+
+def training_images(data_dir: Path, config: dict) -> data.LabelledImages:
+    """The training images of `data_dir` as the run of `config` found them: its labels file, image folder,
+    columns and multi-label setting."""
+    return data.find_labelled_images(data_dir, config.get("id_col") or None, config.get("label_col") or None,
+                                     labels_file=config.get("labels") or None,
+                                     train_dir=config.get("train_dir") or None, multi_label=config.get("multi_label"))
+
+
+def read_labels(texts: list[str], member: Member, where: str) -> np.ndarray:
+    """Labels as CSVs write them (data.label_text) in the member's classes: (N,) class indices, or (N, C)
+    multi-hot for a multi-label model."""
+    if member.spec.multi_label:
+        return data.parse_labels(texts, member.class_names, True, where)
+    return label_indices(texts, member.class_names, where)
+
+
+def ensemble_thresholds(members: list[Member], weights: np.ndarray) -> np.ndarray | None:
+    """A multi-label ensemble's thresholds without validation images to fit them on: the members' own (0.5 for a
+    member without), weighted as their probabilities are; None for single-label models."""
+    if not members[0].spec.multi_label:
+        return None
+    own = [np.asarray(m.spec.thresholds or [metrics.DEFAULT_THRESHOLD] * len(m.class_names), dtype=np.float64)
+           for m in members]
+    weights = np.asarray(weights, dtype=np.float64)
+    return sum(w * t for w, t in zip(weights, own)) / weights.sum()
 
 
 def are_folds(members: list[Member]) -> bool:
@@ -235,6 +269,22 @@ def fold_groups(members: list[Member]) -> list[tuple[Path, list[int]]] | None:
     return [(Path(path), indices) for (path, _), indices in groups.items()]
 
 
+def fold_thresholds(members: list[Member]) -> np.ndarray | None:
+    """The tags' thresholds that a multi-label k-fold run fitted on its out-of-fold predictions (RUNS/BASE-oof.json),
+    for the blend of its folds; None for single-label models or without that file."""
+    config = members[0].checkpoint["config"]
+    name, suffix = str(config.get("name", "")), f"-f{config.get('fold')}"
+    if not members[0].spec.multi_label or not name.endswith(suffix):
+        return None
+    try:
+        summary = json.loads((members[0].run_dir.parent / f"{name[:-len(suffix)]}-oof.json").read_text())
+    except (OSError, ValueError):
+        return None
+    thresholds = summary.get("thresholds") if isinstance(summary, dict) else None
+    return np.asarray(thresholds, dtype=np.float64) if thresholds and len(thresholds) == len(members[0].class_names) \
+        else None
+
+
 def out_of_fold_weights(members: list[Member], groups: list[tuple[Path, list[int]]], metric: str) -> Weighting:
     """Weights of k-fold runs fitted (by `choose_weights`) on their out-of-fold predictions, which cover every
     training image once; each run's weight is shared equally by its folds."""
@@ -249,7 +299,7 @@ def out_of_fold_weights(members: list[Member], groups: list[tuple[Path, list[int
     if not shared:
         raise DataError(f"the out-of-fold files {', '.join(str(p) for p, _ in groups)} share no images: "
                         "were the runs trained on the same data?")
-    labels = label_indices([tables[0][f][0] for f in shared], class_names, str(groups[0][0]))
+    labels = read_labels([tables[0][f][0] for f in shared], members[0], str(groups[0][0]))
     group_probs = [np.array([t[f][1] for f in shared]) for t in tables]
     chosen = choose_weights(group_probs, labels, metric)
     weights, scores = np.zeros(len(members)), [0.0] * len(members)
@@ -258,7 +308,7 @@ def out_of_fold_weights(members: list[Member], groups: list[tuple[Path, list[int
             weights[i], scores[i] = weight / len(indices), score
     return Weighting(weights, chosen.choice, f"on the out-of-fold predictions of {len(groups)} k-fold runs (their "
                      f"folds share each run's weight; without TTA): {chosen.reason}", metric, chosen.n_val, scores,
-                     chosen.score, chosen.warning)
+                     chosen.score, chosen.warning, chosen.thresholds)
 
 
 def recorded_val_scores(checkpoint: dict) -> str:

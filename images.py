@@ -1,6 +1,7 @@
-"""Finding a dataset's images: the two layouts (`train.csv` + `train/`, or `train/<class name>/<image>`), the
-one CSV reader, and matching a CSV's ids to image files. Only names and paths here: pixels are read by
-`decode.py`."""
+"""Finding a dataset's images and labels: a labels CSV (`train.csv`, `labels.csv`, ...) with an image folder
+(`train/`, `train_images/`, `images/`), or class folders (`train/<class name>/<image>`); a label column of class
+names or of space-separated tags (multi-label), or one-hot label columns; the one CSV reader, and matching a
+CSV's ids to image files. Only names and paths here: pixels are read by `decode.py`."""
 from __future__ import annotations
 
 import csv
@@ -17,8 +18,19 @@ from errors import DataError
 log = logging.getLogger("imgcomp")
 
 IMG_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
-ID_COLUMNS = ("id", "image", "image_id", "filename", "file", "path", "file_name", "image_name", "img")
-LABEL_COLUMNS = ("label", "class", "target", "category", "labels", "class_name")
+# Looked for in this order; the first one there is used.
+LABEL_FILES = ("train.csv", "labels.csv", "train_labels.csv", "train_v2.csv")
+TRAIN_DIRS = ("train", "train_images", "images")
+TEST_DIRS = ("test", "test_images")
+ID_COLUMNS = ("id", "image", "image_id", "filename", "file", "path", "file_name", "image_name", "img", "id_code",
+              "imageid", "img_id", "img_name", "image_path", "image_file", "filepath", "file_path", "fname")
+LABEL_COLUMNS = ("label", "class", "target", "category", "labels", "class_name", "tags", "tag", "breed", "diagnosis",
+                 "level", "species", "grade", "y", "class_id", "category_id", "label_id", "landmark_id",
+                 "attribute_ids", "cultivar", "disease")
+# Label columns whose values with spaces are tag lists whatever their counts.
+TAG_COLUMNS = ("tags", "tag", "attribute_ids")
+# The values of one-hot label columns.
+ONE_HOT_VALUES = {"0": 0, "1": 1, "0.0": 0, "1.0": 1}
 
 
 def natural_key(text: str):
@@ -39,12 +51,19 @@ def listing(items, limit=10) -> str:
 
 @dataclass
 class LabelledImages:
-    """Training images of a dataset folder: files, integer labels and the class names they index."""
+    """Training images of a dataset folder: files, their labels and the class names the labels index.
+    Single-label: `labels` is (N,) int64 class indices; multi-label: (N, C) uint8 multi-hot, one column per class
+    (tag). `summary`: one line saying what was found (which files and columns, single- or multi-label and why);
+    `notes`: what was ignored or left out."""
     files: list[Path]
     labels: np.ndarray
     class_names: list[str]
     layout: str
     notes: list[str] = field(default_factory=list)
+    multi_label: bool = False
+    summary: str = ""
+    labels_file: Path | None = None
+    image_dir: Path | None = None
 
 
 def _scan_images(folder: Path, notes: list[str]) -> list[tuple[str, Path]]:
@@ -86,46 +105,125 @@ def _pick_column(header: list[str], wanted: str | None, candidates, what: str, o
                     option=option, fix="or name it")
 
 
-def find_labelled_images(root: str | Path, id_col: str | None = None, label_col: str | None = None) -> LabelledImages:
-    """Find the training images of `root` in either layout (detected automatically):
-    `root/train.csv` + `root/train/` (or `root/images/`), or `root/train/<class name>/<image>`."""
+def find_labelled_images(root: str | Path, id_col: str | None = None, label_col: str | None = None,
+                         labels_file: str | Path | None = None, train_dir: str | Path | None = None,
+                         multi_label: bool | None = None) -> LabelledImages:
+    """Find the training images of `root` and their labels, the layout detected: a labels CSV (`labels_file`,
+    else the first of LABEL_FILES) with its images in `train_dir` (else the first of TRAIN_DIRS), or, without a
+    labels CSV, class folders `train/<class name>/<image>`. `multi_label`: None detects it (a label column of
+    space-separated tag lists, or one-hot columns with other than exactly one 1 per row), True/False decides."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"dataset folder {root} does not exist")
     notes: list[str] = []
-    csv_path = root / "train.csv"
-    if csv_path.is_file():
-        files, names = _read_train_csv(root, csv_path, id_col, label_col, notes)
-        layout = "csv"
+    csv_path = _labels_csv(root, labels_file, notes)
+    if csv_path is not None:
+        found = _read_train_csv(root, csv_path, train_dir, id_col, label_col, multi_label, notes)
     else:
-        train_dir = root / "train"
-        if not train_dir.is_dir():
-            raise DataError(f"{root} has neither train.csv nor a train/ folder of class folders")
-        class_dirs = [d for d in train_dir.iterdir() if d.is_dir() and not d.name.startswith(".")]
-        if not class_dirs:
-            raise DataError(f"{train_dir} has no class folders (expected train/<class name>/<image>) "
-                            f"and {root} has no train.csv")
-        loose = [p for p in train_dir.iterdir() if p.is_file()]
-        if loose:
-            notes.append(f"ignored {len(loose)} file(s) directly in {train_dir} (not in a class folder)")
-        files, names = [], []
-        for class_dir in class_dirs:
-            found = _image_files(class_dir, notes)
-            if not found:
-                raise DataError(f"class folder {class_dir} holds no images "
-                                f"(extensions: {' '.join(sorted(IMG_EXTENSIONS))})")
-            files += found
-            names += [class_dir.name] * len(found)
-        layout = "folder"
+        found = _read_class_folders(root, train_dir, multi_label, notes)
+    if len(found.class_names) < 2:
+        raise DataError(f"{root}: found {len(found.class_names)} class(es) {found.class_names}; a classifier needs "
+                        "at least two")
+    return found
+
+
+def _in_root(root: Path, given: str | Path) -> Path:
+    """A path a setting names: inside `root` when it is there, else as given (from the working folder)."""
+    path = Path(given)
+    if not path.is_absolute() and (root / path).exists():
+        return root / path
+    return path
+
+
+def _shown(path: Path, root: Path) -> str:
+    """A found file or folder for the log: relative to the dataset folder when inside it."""
+    try:
+        text = path.relative_to(root).as_posix()
+    except ValueError:
+        text = str(path)
+    return text + "/" if path.is_dir() else text
+
+
+def _labels_csv(root: Path, labels_file, notes: list[str]) -> Path | None:
+    """The labels CSV: `labels_file`, else the first of LABEL_FILES in `root` (None: there is none)."""
+    if labels_file:
+        path = _in_root(root, labels_file)
+        if not path.is_file():
+            raise DataError(f"labels file {labels_file} not found (neither in {root} nor from the working folder)",
+                            option="labels", fix="give an existing file")
+        return path
+    there = [root / name for name in LABEL_FILES if (root / name).is_file()]
+    if len(there) > 1:
+        notes.append(f"{root} holds several labels files: {there[0].name} is used, not "
+                     f"{', '.join(p.name for p in there[1:])}")
+    return there[0] if there else None
+
+
+def _only_folder(root: Path, prefix: str) -> Path | None:
+    """The one folder of `root` whose name begins with `prefix` (e.g. train-jpg/), if there is exactly one."""
+    folders = [d for d in root.iterdir() if d.is_dir() and d.name.lower().startswith(prefix)]
+    return folders[0] if len(folders) == 1 else None
+
+
+def _named_folder(root: Path, train_dir) -> Path:
+    folder = _in_root(root, train_dir)
+    if not folder.is_dir():
+        raise DataError(f"image folder {train_dir} not found (neither in {root} nor from the working folder)",
+                        option="train_dir", fix="give an existing folder")
+    return folder
+
+
+def _train_folder(root: Path, train_dir, csv_path: Path) -> Path:
+    """The folder of the labels CSV's images: `train_dir`, else the first of TRAIN_DIRS, else the only train*
+    folder."""
+    if train_dir:
+        return _named_folder(root, train_dir)
+    folder = next((root / d for d in TRAIN_DIRS if (root / d).is_dir()), None) or _only_folder(root, "train")
+    if folder is None:
+        expected = ", ".join(str(root / d) for d in TRAIN_DIRS[:-1]) + f" or {root / TRAIN_DIRS[-1]}"
+        raise DataError(f"{csv_path} found but no image folder: expected {expected}", option="train_dir",
+                        fix="or name it")
+    return folder
+
+
+def _read_class_folders(root: Path, train_dir, multi_label: bool | None, notes: list[str]) -> LabelledImages:
+    """The layout without a labels CSV: one folder per class (`train/<class name>/<image>`)."""
+    folder = _named_folder(root, train_dir) if train_dir else next(
+        (root / d for d in TRAIN_DIRS if (root / d).is_dir()), None)
+    no_csv = f"{root} has no train.csv (nor {', '.join(LABEL_FILES[1:])})"
+    if folder is None:
+        raise DataError(f"{root} has neither train.csv nor a train/ folder of class folders (looked for "
+                        f"{', '.join(LABEL_FILES)} and {', '.join(d + '/' for d in TRAIN_DIRS)})")
+    class_dirs = [d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")]
+    if not class_dirs:
+        raise DataError(f"{folder} has no class folders (expected {folder.name}/<class name>/<image>) and {no_csv}")
+    loose = [p for p in folder.iterdir() if p.is_file()]
+    if loose:
+        notes.append(f"ignored {len(loose)} file(s) directly in {folder} (not in a class folder)")
+    files, names = [], []
+    for class_dir in class_dirs:
+        found = _image_files(class_dir, notes)
+        if not found:
+            raise DataError(f"class folder {class_dir} holds no images "
+                            f"(extensions: {' '.join(sorted(IMG_EXTENSIONS))})")
+        files += found
+        names += [class_dir.name] * len(found)
+    class_names, labels = _class_indices(names)
+    order = sorted(range(len(files)), key=lambda i: (labels[i], natural_key(files[i].name)))  # whatever the listing
+    files, labels = [files[i] for i in order], labels[order]
+    kind = f"single-label ({len(class_names)} classes)"
+    if multi_label:  # as asked: each image's one class as its only tag
+        labels = np.eye(len(class_names), dtype=np.uint8)[labels]
+        kind = f"multi-label, as asked ({len(class_names)} classes, one per image)"
+    summary = f"labels: the class folders of {_shown(folder, root)}: {kind}"
+    return LabelledImages(files, labels, class_names, "folder", notes, bool(multi_label), summary, None, folder)
+
+
+def _class_indices(names: list[str]) -> tuple[list[str], np.ndarray]:
+    """The class names (natural order) and each name's index among them."""
     class_names = sorted(set(names), key=natural_key)
-    if len(class_names) < 2:
-        raise DataError(f"{root}: found {len(class_names)} class(es) {class_names}; a classifier needs at least two")
     index = {name: i for i, name in enumerate(class_names)}
-    labels = np.array([index[n] for n in names], dtype=np.int64)
-    if layout == "folder":  # a stable order regardless of the file system's listing order
-        order = sorted(range(len(files)), key=lambda i: (labels[i], natural_key(files[i].name)))
-        files, labels = [files[i] for i in order], labels[order]
-    return LabelledImages(files, labels, class_names, layout, notes)
+    return class_names, np.array([index[n] for n in names], dtype=np.int64)
 
 
 def _check_id(raw: str, where: str) -> str:
@@ -246,42 +344,194 @@ def match_ids(ids: list[str], lines: list[int], index: FileIndex, source: Path, 
     return files
 
 
-def _read_train_csv(root: Path, csv_path: Path, id_col, label_col, notes) -> tuple[list[Path], list[str]]:
+def _read_train_csv(root: Path, csv_path: Path, train_dir, id_col, label_col, multi_label,
+                    notes: list[str]) -> LabelledImages:
+    """The layout of a labels CSV: an id column, and a label column (class names or tag lists) or one-hot
+    label columns; the images in the train folder."""
     table = read_csv(csv_path)
     id_col = _pick_column(table.header, id_col, ID_COLUMNS, "id", "id_col", csv_path)
-    label_col = _pick_column(table.header, label_col, LABEL_COLUMNS, "label", "label_col", csv_path)
-    image_dir = next((d for d in (root / "train", root / "images") if d.is_dir()), None)
-    if image_dir is None:
-        raise DataError(f"{csv_path} found but no image folder: expected {root / 'train'} or {root / 'images'}")
+    label_cols = _label_columns(table, id_col, label_col, csv_path)
+    image_dir = _train_folder(root, train_dir, csv_path)
     if not table.rows:
         raise DataError(f"{csv_path}: no rows")
-    ids, names = table.column(id_col), [label.strip() for label in table.column(label_col)]
-    for ident, label, line in zip(ids, names, table.lines):  # the first faulty row, in file order
-        ident = _check_id(ident, f"{csv_path} line {line}")
-        if not label:
-            raise DataError(f"{csv_path} line {line}: empty label for id {ident!r}")
+    ids = table.column(id_col)
+    if len(label_cols) == 1:
+        labels, class_names, multi, kind = _labels_of_column(table, label_cols[0], ids, multi_label)
+        columns = f"{id_col} -> {label_cols[0]}"
+    else:
+        labels, class_names, multi, kind = _labels_of_one_hot(table, label_cols, ids, multi_label, notes)
+        columns = f"{id_col} -> one-hot columns {', '.join(label_cols)}"
     index = FileIndex(image_dir, notes)
     files = match_ids(ids, table.lines, index, csv_path)
     unused = len(index.files) - len(files)
     if unused > 0:
         notes.append(f"{unused} image(s) in {image_dir} are not listed in {csv_path.name} and are not used")
-    return files, names
+    summary = f"labels: {_shown(csv_path, root)} ({columns}), images in {_shown(image_dir, root)}: {kind}"
+    return LabelledImages(files, labels, class_names, "csv", notes, multi, summary, csv_path, image_dir)
 
 
-def index_test_images(root: str | Path) -> FileIndex:
-    """The unlabelled images of `root/test/` (natural order in `.files`), indexed by id."""
-    test_dir = Path(root) / "test"
-    if not test_dir.is_dir():
-        raise DataError(f"no test folder: {test_dir} does not exist")
+def _label_columns(table: CsvTable, id_col: str, label_col: str | None, csv_path: Path) -> list[str]:
+    """[the label column] (named, or the first of LABEL_COLUMNS), else the one-hot label columns: every other
+    column, when there are two or more and they hold only 0 and 1."""
+    try:
+        return [_pick_column(table.header, label_col, LABEL_COLUMNS, "label", "label_col", csv_path)]
+    except DataError:
+        others = [h for h in table.header if h != id_col]
+        if label_col is not None or len(others) < 2 or not all(
+                v.strip() in ONE_HOT_VALUES for name in others for v in table.column(name)):
+            raise
+        return others
+
+
+def _labels_of_column(table: CsvTable, column: str, ids: list[str], multi_label: bool | None):
+    """(labels, class names, multi-label, what was found) of a label column: class names, or space-separated
+    tag lists (multi-label: detected, or as `multi_label` says)."""
+    values = [value.strip() for value in table.column(column)]
+    multi, kind = _tag_lists(values, column, multi_label)
+    for ident, value, line in zip(ids, values, table.lines):  # the first faulty row, in file order
+        ident = _check_id(ident, f"{table.path} line {line}")
+        if not value:
+            raise DataError(f"{table.path} line {line}: empty {'tag list' if multi else 'label'} for id {ident!r}")
+    if not multi:
+        class_names, labels = _class_indices(values)
+        return labels, class_names, False, kind
+    tag_lists = [value.split() for value in values]
+    class_names = sorted({tag for tags in tag_lists for tag in tags}, key=natural_key)
+    return _multi_hot(tag_lists, class_names), class_names, True, kind
+
+
+def _tag_lists(values: list[str], column: str, multi_label: bool | None) -> tuple[bool, str]:
+    """Whether a label column holds tag lists, and why: as asked, or detected when some value holds two or more
+    words and there are fewer distinct words than distinct values (class names with spaces have more), or the
+    column is named as tags are."""
+    distinct = set(values) - {""}
+    words = {word for value in distinct for word in value.split()}
+    spaced = any(len(value.split()) > 1 for value in distinct)
+    lists = spaced and (len(words) < len(distinct) or column.strip().lower() in TAG_COLUMNS)
+    multi = lists if multi_label is None else multi_label
+    if multi:
+        combinations = len({frozenset(value.split()) for value in distinct})
+        counted = f"{len(words)} tags in {combinations} combinations"
+        if multi_label:
+            return True, f"multi-label, as asked ({counted})"
+        return True, f"multi-label (the {column} column holds space-separated lists: {counted})"
+    if multi_label is False:
+        return False, f"single-label, as asked ({len(distinct)} classes)"
+    if spaced:
+        return False, (f"single-label ({len(distinct)} classes; the spaces are part of their names: "
+                       f"{len(words)} words in {len(distinct)} names)")
+    return False, f"single-label ({len(distinct)} classes)"
+
+
+def _multi_hot(tag_lists: list[list[str]], class_names: list[str]) -> np.ndarray:
+    index = {name: i for i, name in enumerate(class_names)}
+    labels = np.zeros((len(tag_lists), len(class_names)), dtype=np.uint8)
+    for row, tags in enumerate(tag_lists):
+        labels[row, [index[tag] for tag in tags]] = 1
+    return labels
+
+
+def _labels_of_one_hot(table: CsvTable, columns: list[str], ids: list[str], multi_label: bool | None,
+                       notes: list[str]):
+    """(labels, class names, multi-label, what was found) of one-hot label columns: the columns are the classes
+    (natural order); single-label when every row has exactly one 1 (or as `multi_label` says)."""
+    class_names = sorted(columns, key=natural_key)
+    where = [table.header.index(name) for name in class_names]
+    matrix = np.array([[ONE_HOT_VALUES[row[i].strip()] for i in where] for row in table.rows], dtype=np.uint8)
+    ones = matrix.sum(axis=1)
+    multi = bool((ones != 1).any()) if multi_label is None else multi_label
+    faulty = ones == 0 if multi else ones != 1
+    for ident, bad, count, line in zip(ids, faulty, ones, table.lines):  # the first faulty row, in file order
+        ident = _check_id(ident, f"{table.path} line {line}")
+        if bad and count == 0:
+            raise DataError(f"{table.path} line {line}: no label column is 1 for id {ident!r} (an empty tag list)")
+        if bad:
+            raise DataError(f"{table.path} line {line}: {count} label columns are 1 for id {ident!r}; single-label "
+                            "data has exactly one")
+    never = [name for name, n in zip(class_names, matrix.sum(axis=0)) if n == 0]
+    if never:
+        notes.append(f"{table.path.name}: no image has the class(es) {', '.join(never)}")
+    if not multi:
+        kind = "single-label, as asked" if multi_label is False else "single-label (each row has exactly one 1)"
+        return matrix.argmax(axis=1).astype(np.int64), class_names, False, kind
+    combinations = len(np.unique(matrix, axis=0))
+    counted = f"{len(class_names)} classes in {combinations} combinations"
+    kind = f"multi-label, as asked ({counted})" if multi_label else f"multi-label (some rows have several 1s: {counted})"
+    return matrix, class_names, True, kind
+
+
+def find_test_folder(root: str | Path, test_dir: str | Path | None = None) -> Path:
+    """The folder of the test images: `test_dir`, else the first of TEST_DIRS in `root`, else its only test*
+    folder."""
+    root = Path(root)
+    if test_dir:
+        folder = _in_root(root, test_dir)
+        if not folder.is_dir():
+            raise DataError(f"no test folder: {test_dir} does not exist (neither in {root} nor from the working "
+                            "folder)", option="test_dir", fix="give an existing folder")
+        return folder
+    folder = next((root / d for d in TEST_DIRS if (root / d).is_dir()), None)
+    folder = folder or (_only_folder(root, "test") if root.is_dir() else None)
+    if folder is None:
+        raise DataError(f"no test folder: {root / TEST_DIRS[0]} does not exist (nor {root / TEST_DIRS[1]})",
+                        option="test_dir", fix="or name it")
+    return folder
+
+
+def index_test_images(root: str | Path, test_dir: str | Path | None = None) -> FileIndex:
+    """The unlabelled images of the test folder (`find_test_folder`), natural order in `.files`, indexed by id."""
+    folder = find_test_folder(root, test_dir)
     notes: list[str] = []
-    index = FileIndex(test_dir, notes)
+    index = FileIndex(folder, notes)
     for note in notes:
         log.info(note)
     if not index.files:
-        raise DataError(f"{test_dir} holds no images")
+        raise DataError(f"{folder} holds no images")
     return index
 
 
-def find_test_images(root: str | Path) -> list[Path]:
-    """The unlabelled images of `root/test/`, in natural order."""
-    return index_test_images(root).files
+def find_test_images(root: str | Path, test_dir: str | Path | None = None) -> list[Path]:
+    """The unlabelled images of the test folder, in natural order."""
+    return index_test_images(root, test_dir).files
+
+
+def label_text(labels_row, class_names: list[str], multi_label: bool) -> str:
+    """One image's label as written in CSVs: its class name, or its tags joined by one space."""
+    if multi_label:
+        return " ".join(class_names[i] for i in np.flatnonzero(labels_row))
+    return class_names[int(labels_row)]
+
+
+def parse_labels(texts: list[str], class_names: list[str], multi_label: bool, where: str | Path,
+                 lines: list[int] | None = None) -> np.ndarray:
+    """Labels read back from the CSV `where` (as `label_text` writes them; `lines`: each text's line, by default
+    the rows after a header): class names -> (N,) int64 indices, or space-separated tags -> (N, C) uint8
+    multi-hot. An unknown name or an empty tag list is an error naming the line."""
+    lines = lines if lines is not None else range(2, len(texts) + 2)
+    index = {name: i for i, name in enumerate(class_names)}
+    known = f"the classes are {_some(class_names)}"
+    if not multi_label:
+        out = np.empty(len(texts), dtype=np.int64)
+        for k, (text, line) in enumerate(zip(texts, lines)):
+            name = text.strip()
+            if name not in index:
+                raise DataError(f"{where} line {line}: " + (f"{name!r} is not a class; {known}" if name else
+                                                             "empty label"))
+            out[k] = index[name]
+        return out
+    out = np.zeros((len(texts), len(class_names)), dtype=np.uint8)
+    for k, (text, line) in enumerate(zip(texts, lines)):
+        tags = text.split()
+        if not tags:
+            raise DataError(f"{where} line {line}: empty tag list")
+        unknown = [tag for tag in tags if tag not in index]
+        if unknown:
+            raise DataError(f"{where} line {line}: {', '.join(map(repr, unknown))} "
+                            f"{'is not a class' if len(unknown) == 1 else 'are not classes'}; {known}")
+        out[k, [index[tag] for tag in tags]] = 1
+    return out
+
+
+def _some(names: list[str], limit: int = 20) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")

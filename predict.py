@@ -10,18 +10,34 @@ model on labelled data. Everything about a model comes from its checkpoint; imag
     python predict.py runs/cnn --data DIR --eval                                # check on the run's validation split
     python predict.py runs/cnn --data DIR --eval --solution DIR/solution.csv    # check on the labelled test set
 
+    python predict.py runs/melanoma --data DIR --metric roc_auc                 # the positive class's probability
+    python predict.py runs/planet --data DIR --test-dir test-jpg                # a multi-label run: its tags
+    python predict.py runs/whales --data DIR --top-k 5                          # the 5 most probable classes
+
 A run folder means its best.pt. With DIR/sample_submission.csv the submission keeps its header, its rows and
-their order (ids with or without the file extension); without one it lists every image of DIR/test/ in natural
-order under the header `id,label`. --eval writes no submission: it prints accuracy and per-class
-precision/recall and saves confusion_matrix.png and wrong.png (the most confidently wrong images) in the run
-folder of the first checkpoint.
+their order (ids with or without the file extension); without one it lists every image of the test folder
+(DIR/test/ or DIR/test_images/, or --test-dir) in natural order under the header `id,label` (or what
+--submission asks for). --eval writes no submission: it prints accuracy and per-class precision/recall and saves
+confusion_matrix.png and wrong.png (the most confidently wrong images) in the run folder of the first checkpoint.
+
+The submission's shape (--submission, default auto: read from the sample, the model and the metric; the log
+says which and why): labels (the class name), probs (one probability column per class, matched to the classes
+by name, in the sample's column order), score (a binary model's probability of the positive class: the class
+1/true/yes, else the second), tags (a multi-label model's classes over their thresholds, joined by spaces), topk
+(the K most probable classes, for MAP@K). A sample that fits no shape, or not the model, is an error and
+nothing is written.
 
 An ensemble's members are weighted for the competition's metric (--metric; default: the metric the first
 checkpoint's run was trained for) on the validation images they all held out: fitted weights where they
 clearly beat the simpler choice, else equal weights when these score at least the best member, else the best
 member alone; never below the best member there. A table shows each member's score and weight, and why.
 Members trained on other splits (or with --val-split 0) get equal weights, with a warning; so does
---weights equal. --solution prints the submission's accuracy and, when the metric is another, the metric.
+--weights equal. A multi-label ensemble's thresholds are fitted for its blend on those validation images (the
+folds of one k-fold run: those fitted on its out-of-fold predictions), else the mean of the members'.
+
+--solution (class names, tags, 0/1 targets or one 0/1 column per class) prints the submission's accuracy and,
+when the metric is another, the metric; for hard labels and a metric of probabilities, also what the labels
+score.
 """
 from __future__ import annotations
 
@@ -42,11 +58,13 @@ import inference
 import metrics
 import runs
 from checkpoint import ModelSpec, load_checkpoint, model_from_checkpoint, read_spec
-from ensemble import (Weighting, are_folds, blend, choose_weights, equal_weights, fold_groups, format_weighting,
-                      out_of_fold_weights, recorded_val_scores, validation_images)
-from errors import DataError, UsageError, explain
+from ensemble import (Weighting, are_folds, blend, choose_weights, ensemble_thresholds, equal_weights, fold_groups,
+                      fold_thresholds, format_weighting, out_of_fold_weights, recorded_val_scores, training_images,
+                      validation_images)
+from errors import DataError, OptionError, UsageError, explain, flag
 from runtime import setup_runtime
-from submission import score_submission, solution_images, submission_rows, write_submission
+from submission import (SHAPES, Shape, choose_shape, find_test_index, read_sample, solution_images, submission_cells,
+                        submission_rows, write_submission)
 
 log = logging.getLogger("imgcomp")
 
@@ -78,6 +96,10 @@ class Predictor:
     def class_names(self) -> list[str]:
         return self.spec.class_names
 
+    @property
+    def multi_label(self) -> bool:
+        return self.spec.multi_label
+
 
 def checkpoint_path(path: str | Path) -> Path:
     """A run folder means its best.pt; anything else is taken as a checkpoint file."""
@@ -98,13 +120,18 @@ def load_models(paths: list[str], device: torch.device) -> list[Predictor]:
         spec = read_spec(ckpt)
         model = model_from_checkpoint(ckpt, path).to(device, memory_format=spec.compute.memory_format).eval()
         predictors.append(Predictor(path, ckpt, spec, model))
-        log.info("%s: %s, %d classes, %dpx x %d channel(s), epoch %d, %s", path, spec.arch, len(spec.class_names),
-                 spec.img_size, spec.channels, ckpt["epoch"], spec.compute)
+        log.info("%s: %s, %d %s, %dpx x %d channel(s), epoch %d, %s", path, spec.arch, len(spec.class_names),
+                 "tags (multi-label)" if spec.multi_label else "classes", spec.img_size, spec.channels, ckpt["epoch"],
+                 spec.compute)
     first = predictors[0]
     for p in predictors[1:]:
         if p.class_names != first.class_names:
             raise DataError(f"cannot ensemble checkpoints trained on different classes:\n"
                             f"  {first.path}: {first.class_names}\n  {p.path}: {p.class_names}")
+        if p.multi_label != first.multi_label:
+            kinds = {True: "multi-label (sigmoid per tag)", False: "single-label (softmax)"}
+            raise DataError(f"cannot ensemble a multi-label model with a single-label one:\n"
+                            f"  {first.path}: {kinds[first.multi_label]}\n  {p.path}: {kinds[p.multi_label]}")
     return predictors
 
 
@@ -130,10 +157,11 @@ class ImageCache:
 
 
 def model_probs(p: Predictor, pixels: np.ndarray, device: torch.device, batch_size: int, tta: bool) -> np.ndarray:
-    """Softmax probabilities (N, classes) of one model, averaged over the TTA views (with `tta`, for a model
-    trained with flips); batched, in the precision and memory format the model was trained with."""
+    """Probabilities (N, classes) of one model (softmax, or a multi-label model's sigmoids), averaged over the
+    TTA views (with `tta`, for a model trained with flips); batched, in the precision and memory format the
+    model was trained with."""
     out = inference.predict_probs(p.model, pixels, p.spec.preprocess(), p.spec.compute, device, batch_size,
-                                  tta and p.has_tta)
+                                  tta and p.has_tta, multi_label=p.multi_label)
     if not np.isfinite(out).all():
         raise DataError(f"{p.path} gives NaN or infinite probabilities for {int((~np.isfinite(out).all(1)).sum())} "
                         "image(s): the model is broken (a diverged run?); no submission was written")
@@ -172,7 +200,8 @@ def ensemble_weights(predictors: list[Predictor], data_dir: Path, images: ImageC
         return Weighting(equal, "equal", "equal weights (--weights equal)", metric)
     if are_folds(predictors):
         return Weighting(equal, "equal", "equal weights: the folds of one k-fold run, each trained on most of the "
-                                         "data (their out-of-fold score is in RUNS/NAME-oof.json)", metric)
+                                         "data (their out-of-fold score is in RUNS/NAME-oof.json)", metric,
+                         thresholds=fold_thresholds(predictors))
     groups = fold_groups(predictors)
     if groups:
         return out_of_fold_weights(predictors, groups, metric)
@@ -193,8 +222,13 @@ def ensemble_weights(predictors: list[Predictor], data_dir: Path, images: ImageC
 # Checking a model on labelled data
 # ----------------------------------------------------------------------------------------------
 
-def evaluate_labels(probs: np.ndarray, labels: np.ndarray, class_names: list[str]) -> dict:
-    """Accuracy, the confusion matrix (rows: true class, columns: predicted) and per-class precision/recall."""
+def evaluate_labels(probs: np.ndarray, labels: np.ndarray, class_names: list[str],
+                    thresholds: np.ndarray | None = None) -> dict:
+    """Accuracy, the confusion matrix (rows: true class, columns: predicted) and per-class precision/recall.
+    Multi-label labels (N, C): exact-match accuracy and per-tag precision/recall of the decisions at
+    `thresholds`, no confusion matrix."""
+    if labels.ndim == 2:
+        return _evaluate_tags(probs, labels, thresholds)
     n = len(class_names)
     predicted = probs.argmax(1)
     confusion = np.zeros((n, n), dtype=np.int64)
@@ -203,14 +237,24 @@ def evaluate_labels(probs: np.ndarray, labels: np.ndarray, class_names: list[str
     with np.errstate(invalid="ignore", divide="ignore"):
         precision = correct / confusion.sum(0)  # NaN for a class never predicted
         recall = correct / confusion.sum(1)
-    return {"accuracy": metrics.accuracy(predicted, labels), "confusion": confusion,
+    return {"accuracy": metrics.accuracy(predicted, labels), "confusion": confusion, "images": len(labels),
             "precision": precision, "recall": recall, "support": confusion.sum(1), "predicted": predicted}
+
+
+def _evaluate_tags(probs: np.ndarray, labels: np.ndarray, thresholds: np.ndarray | None) -> dict:
+    decided, truth = metrics.decide(probs, thresholds), labels.astype(bool)
+    hits = (decided & truth).sum(0).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision, recall = hits / decided.sum(0), hits / truth.sum(0)  # NaN for a tag never predicted / present
+    return {"accuracy": metrics.score("accuracy", probs, labels, thresholds), "confusion": None,
+            "images": len(labels), "precision": precision, "recall": recall, "support": truth.sum(0),
+            "predicted": decided}
 
 
 def format_report(result: dict, class_names: list[str], what: str) -> str:
     """Accuracy (and the metric, when it is another), then one line of precision, recall and support per class."""
     width = max(12, *(len(n) for n in class_names))
-    lines = [f"accuracy {result['accuracy']:.4f} on {int(result['support'].sum())} images ({what})"]
+    lines = [f"accuracy {result['accuracy']:.4f} on {result['images']} images ({what})"]
     if result.get("metric", "accuracy") != "accuracy":
         lines.append(f"{result['metric']} {result['score']:.4f}")
     lines.append(f"{'class':<{width}}  precision  recall  support")
@@ -224,6 +268,107 @@ def _number(value: float) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
+# The submission
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class SubmissionPlan:
+    """What is known of the submission before a model runs: its shape, rows (ids and their images), and the
+    --solution's images and labels (None without one)."""
+    shape: Shape
+    ids: list[str]
+    files: list[Path]
+    answers: tuple[list[Path], np.ndarray] | None = None
+
+
+def plan_submission(args, predictors: list[Predictor], metric: str) -> SubmissionPlan:
+    """Everything about the submission that can be refused before a model runs: the competition's kind of
+    labels, the shape the sample asks for (logged with the reason), its rows, the solution's answers."""
+    data_dir, first = Path(args.data), predictors[0]
+    check_label_kind(predictors, data_dir)
+    sample = read_sample(data_dir)
+    shape = choose_shape(sample, first.class_names, first.multi_label, metric, args.submission, args.top_k)
+    log.info("submission: %s (%s)", shape.kind, shape.reason)
+    if shape.warning:
+        log.warning("%s", shape.warning)
+    index = find_test_index(data_dir, args.test_dir)
+    ids, files = submission_rows(index, sample, shape.header)
+    if not args.solution:
+        return SubmissionPlan(shape, ids, files)
+    answers = solution_images(Path(args.solution), index, first.class_names, first.multi_label)
+    missing = sorted(set(answers[0]) - set(files), key=lambda f: data.natural_key(str(f)))
+    if missing:
+        raise DataError(f"{args.solution}: {len(missing)} image(s) are not in the submission:"
+                        f"{data.listing(missing, 5)}")
+    return SubmissionPlan(shape, ids, files, answers)
+
+
+def check_label_kind(predictors: list[Predictor], data_dir: Path):
+    """Refuse a multi-label model predicting for a single-label competition, and the reverse, as the data
+    folder's training labels tell (read as the first model's run read them when it is the run's data folder,
+    else detected); a folder without training labels tells nothing."""
+    first, config = predictors[0], predictors[0].checkpoint["config"]
+    own = Path(config.get("data") or "").resolve() == data_dir.resolve()  # else its settings may not apply here
+    try:
+        found = training_images(data_dir, config if own else {})
+    except DataError:
+        return
+    if found.multi_label != first.multi_label:
+        kinds = {True: "multi-label (tags)", False: "single-label (one class per image)"}
+        raise DataError(f"the training labels of {data_dir} are {kinds[found.multi_label]}, and {first.path} is "
+                        f"{kinds[first.multi_label]}: the model does not predict for this competition")
+
+
+def submission_thresholds(predictors: list[Predictor], weighting: Weighting) -> np.ndarray | None:
+    """A multi-label submission's thresholds: the ensemble's own (fitted on its shared validation images or
+    out-of-fold predictions), else the members' (weighted as their probabilities); None for single-label models."""
+    thresholds = weighting.thresholds
+    if thresholds is None:
+        thresholds = ensemble_thresholds(predictors, weighting.weights)
+    if thresholds is not None:
+        log.info("tag thresholds (%s): %s", "fitted for the ensemble" if weighting.thresholds is not None else
+                 "the model's" if len(predictors) == 1 else "the mean of the models'",
+                 ", ".join(f"{c} {t:.2f}" for c, t in zip(predictors[0].class_names, thresholds)))
+    return thresholds
+
+
+def run_predict(args, predictors: list[Predictor], images: ImageCache, device: torch.device,
+                weighting: Weighting, plan: SubmissionPlan) -> Path:
+    """Write the submission (and --probs), and score it when --solution is given."""
+    class_names, shape = predictors[0].class_names, plan.shape
+    probs = ensemble_probs(predictors, plan.files, images, device, args.batch_size, args.tta, weighting.weights)
+    thresholds = submission_thresholds(predictors, weighting)
+    out = Path(args.out or "submission.csv")
+    write_submission(out, shape.header, plan.ids, submission_cells(shape, probs, class_names, thresholds),
+                     class_names, shape)
+    print(f"wrote {out}: {len(plan.ids)} rows ({shape.kind}), {len(predictors)} model(s){', TTA' if args.tta else ''}")
+    if args.probs:
+        runs.write_predictions(Path(args.probs), plan.ids, None, probs, class_names, id_column=shape.header[0])
+        print(f"wrote {args.probs}: probabilities of {len(class_names)} classes")
+    if plan.answers:
+        report_solution(args, plan, probs, thresholds, weighting.metric, predictors)
+    return out
+
+
+def report_solution(args, plan: SubmissionPlan, probs: np.ndarray, thresholds, metric: str,
+                    predictors: list[Predictor]):
+    """--solution: the submission's accuracy and its metric against the answers (the hard-label metrics score
+    the decisions the submission holds); a single model's run records the accuracy."""
+    files, labels = plan.answers
+    row = {f: i for i, f in enumerate(plan.files)}
+    picked = probs[[row[f] for f in files]]
+    accuracy = metrics.score("accuracy", picked, labels, thresholds)  # a labels submission's: the argmax it holds
+    print(f"accuracy against {args.solution}: {accuracy:.4f}")
+    if metric != "accuracy":
+        print(f"{metric} against {args.solution}: {metrics.score(metric, picked, labels, thresholds):.4f}")
+    if plan.shape.kind == "labels" and metrics.needs_score(metric):
+        hard = np.eye(probs.shape[1])[picked.argmax(1)]
+        print(f"{metric} of the hard labels the submission holds: {metrics.score(metric, hard, labels):.4f} (the "
+              f"probabilities above score with {flag('submission')} score or probs, where the sample allows)")
+    record_test_acc(predictors, accuracy, args.tta)
+
+
+# ----------------------------------------------------------------------------------------------
 # Entry point
 # ----------------------------------------------------------------------------------------------
 
@@ -232,18 +377,28 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoints", nargs="+", metavar="RUN_OR_CKPT",
                         help="run folders (their best.pt) or checkpoint files; several make an ensemble")
-    parser.add_argument("--data", required=True, help="dataset folder (test/, sample_submission.csv)")
+    parser.add_argument("--data", required=True, help="dataset folder (test/ or test_images/, sample_submission.csv)")
+    parser.add_argument("--test-dir", default=None, metavar="DIR",
+                        help="the test images' folder (in --data, or from here; default: test/, else test_images/)")
     parser.add_argument("--out", default=None, help="submission file to write (default: submission.csv)")
     parser.add_argument("--tta", action="store_true", help="average with horizontally flipped images "
                                                             "(models trained with flips)")
+    parser.add_argument("--submission", default="auto", choices=["auto", *SHAPES],
+                        help="what the submission holds after the id (default: what the sample, the model and the "
+                             "metric ask for): the class, one probability per class, the positive class's "
+                             "probability, a multi-label model's tags, or the K most probable classes")
+    parser.add_argument("--top-k", type=int, default=None, metavar="K",
+                        help="write the K most probable classes, the most probable first (for MAP@K)")
     parser.add_argument("--probs", default=None, metavar="FILE", help="also write per-class probabilities here")
     parser.add_argument("--solution", default=None, metavar="FILE",
-                        help="answers (id, label) of the test images: print the submission's accuracy, "
-                             "or with --eval check the model on them")
+                        help="answers of the test images (class names, tags, 0/1 targets or one 0/1 column per "
+                             "class): print the submission's accuracy and metric, or with --eval check the model "
+                             "on them")
     parser.add_argument("--eval", action="store_true", help="check the model on labelled data (the run's validation "
                                                            "split, or --solution) instead of writing a submission")
-    parser.add_argument("--metric", default=None, choices=metrics.METRICS,
-                        help="the competition's metric: an ensemble's weights are fitted for it, and --solution/--eval "
+    parser.add_argument("--metric", default=None, type=_metric_name,
+                        help=f"the competition's metric ({', '.join(metrics.METRICS)} or map@K): it decides the "
+                             "submission's shape, an ensemble's weights are fitted for it, and --solution/--eval "
                              "report it (default: the metric the first checkpoint's run was trained for)")
     parser.add_argument("--weights", default="fit", choices=["fit", "equal"],
                         help="an ensemble's weights: fitted on the validation images its members share (never "
@@ -256,12 +411,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _metric_name(text: str) -> str:
+    try:
+        return metrics.check_metric(text)
+    except OptionError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def run_eval(args, predictors: list[Predictor], images: ImageCache, device: torch.device, weighting: Weighting) -> dict:
     """--eval: report on the validation split or the --solution images, and save the figures."""
     data_dir, first = Path(args.data), predictors[0]
     class_names = first.class_names
     if args.solution:
-        files, labels = solution_images(Path(args.solution), data_dir, class_names)
+        index = find_test_index(data_dir, args.test_dir)
+        files, labels = solution_images(Path(args.solution), index, class_names, first.multi_label)
         what = f"{args.solution}"
     else:
         try:
@@ -273,9 +436,21 @@ def run_eval(args, predictors: list[Predictor], images: ImageCache, device: torc
         if weighting.choice == "fitted":
             what += ", the images the weights were fitted on: optimistic"
     probs = ensemble_probs(predictors, files, images, device, args.batch_size, args.tta, weighting.weights)
-    result = evaluate_labels(probs, labels, class_names)
-    result.update(metric=weighting.metric, score=metrics.score(weighting.metric, probs, labels))
+    thresholds = submission_thresholds(predictors, weighting)
+    result = evaluate_labels(probs, labels, class_names, thresholds)
+    result.update(metric=weighting.metric, score=metrics.score(weighting.metric, probs, labels, thresholds))
     print(format_report(result, class_names, what + (", TTA" if args.tta else "")))
+    if result["confusion"] is not None:  # single-label: figures of classes confused and the worst mistakes
+        save_figures(predictors, images, files, probs, labels, result)
+    if args.solution:
+        record_test_acc(predictors, result["accuracy"], args.tta)
+    return result
+
+
+def save_figures(predictors: list[Predictor], images: ImageCache, files: list[Path], probs: np.ndarray,
+                 labels: np.ndarray, result: dict):
+    """confusion_matrix.png and wrong.png in the first model's run folder."""
+    first, class_names = predictors[0], predictors[0].class_names
     title = " + ".join(p.spec.arch for p in predictors) + f": accuracy {result['accuracy']:.2%}"
     pixels = images.pixels(files, first.spec.img_size, first.spec.channels)
     try:  # the report is printed: a run folder we cannot write in (read-only) costs only the figures
@@ -284,9 +459,6 @@ def run_eval(args, predictors: list[Predictor], images: ImageCache, device: torc
         print(f"saved {first.run_dir / 'confusion_matrix.png'} and {first.run_dir / 'wrong.png'}")
     except OSError as e:
         log.warning("could not save the figures in %s: %s", first.run_dir, e)
-    if args.solution:
-        record_test_acc(predictors, result["accuracy"], args.tta)
-    return result
 
 
 def record_test_acc(predictors: list[Predictor], accuracy: float, tta: bool):
@@ -297,51 +469,17 @@ def record_test_acc(predictors: list[Predictor], accuracy: float, tta: bool):
         runs.update_run_info(predictors[0].run_dir, **{key: accuracy})
 
 
-def run_predict(args, predictors: list[Predictor], images: ImageCache, device: torch.device,
-                weighting: Weighting) -> Path:
-    """Write the submission (and --probs), and score it when --solution is given."""
-    data_dir, class_names = Path(args.data), predictors[0].class_names
-    header, ids, files = submission_rows(data_dir)
-    probs = ensemble_probs(predictors, files, images, device, args.batch_size, args.tta, weighting.weights)
-    out = Path(args.out or "submission.csv")
-    write_submission(out, header, ids, [class_names[i] for i in probs.argmax(1)], class_names)
-    print(f"wrote {out}: {len(ids)} rows, {len(predictors)} model(s){', TTA' if args.tta else ''}")
-    if args.probs:
-        runs.write_predictions(Path(args.probs), ids, None, probs, class_names, id_column=header[0])
-        print(f"wrote {args.probs}: probabilities of {len(class_names)} classes")
-    if args.solution:
-        accuracy = score_submission(out, args.solution)
-        print(f"accuracy against {args.solution}: {accuracy:.4f}")
-        if weighting.metric != "accuracy":
-            value = solution_score(weighting.metric, probs, files, Path(args.solution), data_dir, class_names)
-            print(f"{weighting.metric} against {args.solution}: {value:.4f}")
-        record_test_acc(predictors, accuracy, args.tta)
-    return out
-
-
-def solution_score(metric: str, probs: np.ndarray, files: list[Path], solution: Path, data_dir: Path,
-                   class_names: list[str]) -> float:
-    """`metric` of the submission's probabilities `probs` (rows: `files`) against a solution CSV, its ids
-    matched to test images as for the submission. The hard-label metrics score the probabilities' argmax,
-    which is what the submission holds."""
-    solution_files, labels = solution_images(solution, data_dir, class_names)
-    row = {f: i for i, f in enumerate(files)}
-    missing = [str(f) for f in solution_files if f not in row]
-    if missing:
-        raise DataError(f"{solution}: {len(missing)} image(s) are not in the submission:{data.listing(missing, 5)}")
-    return metrics.score(metric, probs[[row[f] for f in solution_files]], labels)
-
-
 def run_metric(args, predictors: list[Predictor]) -> str:
     """--metric, else the metric the first checkpoint's run was trained for (accuracy for runs from before
     there was a choice)."""
     if args.metric:
         return args.metric
     metric = predictors[0].checkpoint["config"].get("metric", "accuracy")
-    if metric not in metrics.METRICS:
+    try:
+        return metrics.check_metric(metric)
+    except OptionError:
         raise DataError(f"{predictors[0].path} was trained for the metric {metric!r}, which this predict.py does not "
-                        f"know: choose one with --metric ({', '.join(metrics.METRICS)})")
-    return metric
+                        f"know: choose one with --metric ({', '.join(metrics.METRICS)} or map@K)") from None
 
 
 def check_outputs(args):
@@ -349,23 +487,26 @@ def check_outputs(args):
     sample or the solution), the other output, a folder, or a file a CSV never is: before anything is written."""
     data_dir = Path(args.data)
     inputs = {Path(c if not Path(c).is_dir() else Path(c) / "best.pt"): "a checkpoint" for c in args.checkpoints}
-    inputs.update({data_dir / "train.csv": "the training labels", data_dir / "sample_submission.csv": "the sample",
+    inputs.update({data_dir / name: "the training labels" for name in data.LABEL_FILES})
+    inputs.update({data_dir / "sample_submission.csv": "the sample",
                    **({Path(args.solution): "--solution"} if args.solution else {})})
-    image_dirs = [data_dir / d for d in ("train", "test", "images")]
-    outputs = [(flag, Path(value)) for flag, value in (("--out", args.out or "submission.csv"), ("--probs", args.probs))
+    image_dirs = [data_dir / d for d in (*data.TRAIN_DIRS, *data.TEST_DIRS)]
+    if args.test_dir:
+        image_dirs += [data_dir / args.test_dir, Path(args.test_dir)]
+    outputs = [(name, Path(value)) for name, value in (("--out", args.out or "submission.csv"), ("--probs", args.probs))
                if value]
-    for flag, path in outputs:
+    for name, path in outputs:
         if path.is_dir():
-            raise DataError(f"{flag} {path} is a folder: name the file to write (e.g. {path / 'submission.csv'})")
+            raise DataError(f"{name} {path} is a folder: name the file to write (e.g. {path / 'submission.csv'})")
         for given, what in inputs.items():
             if _same_file(path, given):
-                raise DataError(f"{flag} {path} is {what} of this command: writing it would destroy it; "
+                raise DataError(f"{name} {path} is {what} of this command: writing it would destroy it; "
                                 "choose another file")
         for folder in image_dirs:
             if folder.is_dir() and path.resolve().is_relative_to(folder.resolve()):
-                raise DataError(f"{flag} {path} is inside the dataset's image folder {folder}; write it elsewhere")
+                raise DataError(f"{name} {path} is inside the dataset's image folder {folder}; write it elsewhere")
         if path.suffix.lower() in data.IMG_EXTENSIONS | {".pt", ".pth", ".bin", ".safetensors", ".npy", ".json"}:
-            raise DataError(f"{flag} {path}: writes a CSV file, not a {path.suffix} file; choose a .csv name")
+            raise DataError(f"{name} {path}: writes a CSV file, not a {path.suffix} file; choose a .csv name")
     if len(outputs) == 2 and _same_file(outputs[0][1], outputs[1][1]):
         raise DataError(f"--out and --probs name the same file {outputs[0][1]}: the probabilities would replace the "
                         "submission")
@@ -391,16 +532,18 @@ def main(argv=None):
             check_outputs(args)
         device = setup_runtime(args.device).device
         predictors = load_models(args.checkpoints, device)
+        metric = run_metric(args, predictors)
+        plan = None if args.eval else plan_submission(args, predictors, metric)  # refused before a model runs
         images = ImageCache(data.cache_dir_for(args.data, args.cache_dir or None), args.progress)
         weighting = ensemble_weights(predictors, Path(args.data), images, device, args.batch_size, args.tta,
-                                     run_metric(args, predictors), args.weights)
+                                     metric, args.weights)
         if weighting.warning:
             log.warning("%s", weighting.warning)
         if len(predictors) > 1:
             print(format_weighting(weighting, predictors, args.tta))
         if args.eval:
             return run_eval(args, predictors, images, device, weighting)
-        return run_predict(args, predictors, images, device, weighting)
+        return run_predict(args, predictors, images, device, weighting, plan)
     except UsageError as e:
         sys.exit(f"error: {explain(e)}")
 

@@ -20,14 +20,17 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 
 import data
+import metrics
 from checkpoint import ModelSpec, init_from_checkpoint, load_checkpoint, make_checkpoint
 from compute import ComputeFormat, choose_format
 from config import TrainConfig, default_run_name
 from errors import DataError, OptionError, SetupError, UsageError
 from fileio import atomic_write_text
+from images import label_text
 from models import WEIGHTS, build_model, head_name
 from runtime import Runtime, compile_model
 
@@ -80,11 +83,12 @@ class LRSchedule:
 class TrainData:
     """A run's images (uint8: memory-mapped, or resident on the GPU), labels, files and class names, its split."""
     pixels: np.ndarray | torch.Tensor
-    labels: np.ndarray
+    labels: np.ndarray  # (N,) class indices; multi-label: (N, classes) multi-hot tags
     files: list[Path]
     class_names: list[str]
     train_idx: np.ndarray
     val_idx: np.ndarray
+    multi_label: bool = False
 
 
 @dataclass
@@ -111,7 +115,7 @@ class Session:
     scaler: torch.amp.GradScaler
     preprocess: data.Preprocess  # with the training augmentation
     schedule: LRSchedule
-    loss_fn: nn.Module  # cross-entropy with --label-smoothing and --balance loss's class weights
+    loss_fn: nn.Module  # `training_loss`: with --label-smoothing and --balance loss's weights
     mix: data.Mix  # --mixup / --cutmix
     ema: EMA | None = None
     progress: Progress = field(default_factory=Progress)
@@ -173,9 +177,12 @@ def run_dir_for(config: TrainConfig) -> Path:
 
 
 def dataset_key(train_data: TrainData, root: str) -> str:
-    """A fingerprint of the training files and their labels: resuming on changed data is noticed."""
+    """A fingerprint of the training files and their labels: resuming on changed data is noticed. A label is its
+    class index (as in runs from before multi-label data), or an image's tags as text."""
     digest = hashlib.sha256()
     for path, label in zip(train_data.files, train_data.labels):
+        if train_data.multi_label:
+            label = label_text(label, train_data.class_names, True)
         digest.update(f"{relative_name(path, root)}\0{label}\n".encode())
     return digest.hexdigest()[:16]
 
@@ -185,6 +192,10 @@ def check_same_data(resume: dict, train_data: TrainData, config: TrainConfig, ke
     change), unless --allow-data-change."""
     if resume["spec"]["class_names"] != train_data.class_names:
         raise DataError(f"--resume: the classes in {config.data} differ from the run's {resume['spec']['class_names']}")
+    if resume["spec"].get("multi_label", False) != train_data.multi_label:
+        shape = {True: "multi-label (tags)", False: "single-label"}
+        raise DataError(f"--resume: the labels in {config.data} read as {shape[train_data.multi_label]}, the run "
+                        f"trained on {shape[not train_data.multi_label]} labels")
     val_files = [relative_name(train_data.files[i], config.data) for i in train_data.val_idx]
     same = val_files == resume["val_files"] and resume.get("dataset_key", key) == key
     if not same and not config.allow_data_change:
@@ -197,10 +208,13 @@ def check_same_data(resume: dict, train_data: TrainData, config: TrainConfig, ke
 
 def load_train_data(config: TrainConfig, rt: Runtime, run_dir: Path) -> TrainData:
     """Find, decode (once, cached) and split the training images; with --skip-bad, leave out unreadable ones."""
-    found = data.find_labelled_images(config.data, config.id_col or None, config.label_col or None)
+    found = data.find_labelled_images(config.data, config.id_col or None, config.label_col or None,
+                                      config.labels or None, config.train_dir or None, config.multi_label)
     if rt.is_main:
+        log.info(found.summary)
         for note in found.notes:
             log.info(note)
+    check_labels_fit(config, found.multi_label)
     if rt.distributed and not rt.is_main:
         dist.barrier()  # rank 0 decodes and caches first; the others then read its cache
     images = data.load_images(found.files, config.img_size, None, data.cache_dir_for(config.data, config.cache_dir),
@@ -221,7 +235,18 @@ def load_train_data(config: TrainConfig, rt: Runtime, run_dir: Path) -> TrainDat
             record_skipped(run_dir, images.files, images.bad)
     if len(train_idx) < 2:
         raise DataError(f"only {len(train_idx)} training image(s) after the validation split")
-    return TrainData(images.pixels, found.labels, found.files, found.class_names, train_idx, val_idx)
+    return TrainData(images.pixels, found.labels, found.files, found.class_names, train_idx, val_idx,
+                     found.multi_label)
+
+
+def check_labels_fit(config: TrainConfig, multi_label: bool):
+    """The options that need single-label data (--balance sampler, a metric of one class per image), refused
+    before any image is decoded when the labels found are multi-label."""
+    data.check_balance(config.balance, multi_label)
+    try:
+        metrics.check_metric(config.metric, multi_label)
+    except OptionError as e:
+        raise OptionError(f"--metric: {e}") from None
 
 
 def record_skipped(run_dir: Path, files: list, bad: dict[int, str]):
@@ -263,6 +288,40 @@ def class_weights(train_data: TrainData, device: torch.device) -> torch.Tensor:
     counts = np.bincount(train_data.labels[train_data.train_idx], minlength=len(train_data.class_names))
     weights = len(train_data.train_idx) / (len(counts) * np.maximum(counts, 1))
     return torch.tensor(weights, dtype=torch.float32, device=device)
+
+
+def positive_weights(train_data: TrainData, device: torch.device) -> torch.Tensor:
+    """--balance loss on multi-label data: each tag's positives weighed by its negatives / positives among the
+    training images (binary cross-entropy's pos_weight), so that a rare tag's presence weighs as much as its
+    absence."""
+    positives = train_data.labels[train_data.train_idx].sum(0, dtype=np.float64)
+    negatives = len(train_data.train_idx) - positives
+    # A tag on every image keeps a weight above 0: its positives are all it has to learn from.
+    return torch.tensor(np.maximum(negatives, 1) / np.maximum(positives, 1), dtype=torch.float32, device=device)
+
+
+class MultiLabelLoss(nn.Module):
+    """Binary cross-entropy of each tag's logit against its (soft) multi-hot target, the mean over images and tags.
+    Label smoothing `smoothing` = e pulls every target towards 1/2: target * (1 - e) + e / 2; `pos_weight`
+    (per tag) weighs the positives."""
+
+    def __init__(self, smoothing: float = 0.0, pos_weight: torch.Tensor | None = None):
+        super().__init__()
+        self.smoothing, self.pos_weight = smoothing, pos_weight
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        targets = targets.float() * (1 - self.smoothing) + self.smoothing / 2
+        return F.binary_cross_entropy_with_logits(logits.float(), targets, pos_weight=self.pos_weight)
+
+
+def training_loss(config: TrainConfig, train_data: TrainData, device: torch.device) -> nn.Module:
+    """The loss that trains: cross-entropy over the classes, or a binary cross-entropy per tag (multi-label), with
+    --label-smoothing, and --balance loss's class weights (multi-label: each tag's positive weight)."""
+    balance = config.balance == "loss"
+    if train_data.multi_label:
+        return MultiLabelLoss(config.label_smoothing, positive_weights(train_data, device) if balance else None)
+    return nn.CrossEntropyLoss(weight=class_weights(train_data, device) if balance else None,
+                               label_smoothing=config.label_smoothing)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -365,7 +424,7 @@ def prepare_session(config: TrainConfig, rt: Runtime, run_dir: Path | None = Non
         compute, choice = measured_format(config, rt, model, train_data, data.Preprocess(mean, std))
     model.to(memory_format=compute.memory_format)
     spec = ModelSpec(config.arch, list(train_data.class_names), config.img_size, channels, mean, std, compute,
-                     config.hflip)
+                     config.hflip, train_data.multi_label, resume["spec"].get("thresholds") if resume else None)
     s = assemble_session(config, rt, run_dir, train_data, spec, model, key)
     if resume:
         restore_run(s, resume)
@@ -378,6 +437,8 @@ def measured_format(config: TrainConfig, rt: Runtime, model: nn.Module, train_da
     auto; and how it was chosen."""
     x, y = next(data.batches(train_data.pixels, train_data.labels, train_data.train_idx,
                              config.batch_size // rt.world_size, rt.device, shuffle=True, seed=config.seed))
+    if train_data.multi_label:  # the trial's cross-entropy takes tags as soft targets: the same cost as BCE
+        y = y.float()
     return choose_format(config.precision, config.channels_last, model, preprocess(x), y, rt, arch=config.arch)
 
 
@@ -392,10 +453,9 @@ def assemble_session(config: TrainConfig, rt: Runtime, run_dir: Path, train_data
     schedule = LRSchedule(config.lr, config.epochs,
                           data.count_batches(len(train_data.train_idx), config.batch_size, drop_last=True),
                           config.warmup_epochs)
-    loss_fn = nn.CrossEntropyLoss(weight=class_weights(train_data, rt.device) if config.balance == "loss" else None,
-                                  label_smoothing=config.label_smoothing)
     return Session(config, rt, run_dir, train_data, spec, wrapped, model, optimizer, scaler,
-                   data.Preprocess(spec.mean, spec.std, augment, spec.compute.memory_format), schedule, loss_fn,
+                   data.Preprocess(spec.mean, spec.std, augment, spec.compute.memory_format), schedule,
+                   training_loss(config, train_data, rt.device),
                    data.Mix(config.mixup, config.cutmix), EMA(model, config.ema) if config.ema else None,
                    dataset_key=key)
 

@@ -1,33 +1,50 @@
-"""The submission's shape: which rows (the sample submission's, or every test image), writing a submission
-that reads back as intended, labelled images from a solution file, and scoring a submission against one.
+"""The submission's rows and shape: the sample submission (its rows, its order, its header), the shape it asks
+for, writing a submission that reads back as intended, and the answers of a solution file.
 
-    header, ids, files = submission_rows(data_dir)              # the rows, in the sample's order
-    write_submission(path, header, ids, predictions, class_names)
-    score_submission("submission.csv", "solution.csv")          # accuracy, rows matched by id
+    sample = read_sample(data_dir)                             # None without DIR/sample_submission.csv
+    shape = choose_shape(sample, class_names, multi_label, "roc_auc")   # shape.kind, shape.reason
+    ids, files = submission_rows(find_test_index(data_dir), sample)  # the rows, in the sample's order
+    write_submission(path, shape.header, ids, submission_cells(shape, probs, class_names), class_names, shape)
+    score_submission("submission.csv", "solution.csv")          # a labels submission's accuracy, rows by id
+
+The shapes (SHAPES), each a header of the id and:
+- labels: one column of class names (the most probable class);
+- probs: one probability column per class, named by the classes in any order;
+- score: one column, the probability of the positive class of a binary model (metrics.positive_class);
+- tags: one column, a multi-label model's classes over their thresholds joined by spaces (metrics.decide);
+- topk: one column, the K most probable classes joined by spaces, the most probable first (MAP@K).
 """
 from __future__ import annotations
 
 import csv
 import logging
+import math
 import os
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 import data
 import metrics
-from errors import DataError
+from errors import DataError, OptionError, flag
 from fileio import atomic_write
 
 log = logging.getLogger("imgcomp")
 
+SHAPES = ("labels", "probs", "score", "tags", "topk")
 DEFAULT_HEADER = ["id", "label"]
+# The prediction column's name without a sample (probs: the class names).
+DEFAULT_COLUMN = {"labels": "label", "score": "target", "tags": "tags", "topk": "label"}
+# Probabilities come from float32: 7 significant digits keep all they hold, written without an exponent.
+PROB_DIGITS = 7
+SUM_TOLERANCE = 1e-4  # how far a row of written probabilities may sum from 1 (rounding)
 
 
 def read_id_csv(path: str | Path) -> data.CsvTable:
     """A CSV of (id, value, ...) rows such as sample_submission.csv or solution.csv: the first column is the
-    id, the second the label."""
+    id, then the prediction column(s)."""
     table = data.read_csv(path)
     if len(table.header) < 2:
         raise DataError(f"{path}: the header {table.header} has {len(table.header)} column(s); expected id and label")
@@ -42,33 +59,262 @@ def values_of(table: data.CsvTable) -> list[str]:
     return [row[1] for row in table.rows]
 
 
-def submission_rows(data_dir: Path) -> tuple[list[str], list[str], list[Path]]:
-    """(header, ids, image files) of the submission: the sample's when DIR/sample_submission.csv exists,
-    else every test image in natural order, ids without extension."""
-    index = data.index_test_images(data_dir)  # also: a clear error when test/ is missing or empty
-    test_dir, files = index.folder, index.files
-    sample_path = data_dir / "sample_submission.csv"
-    if sample_path.is_file():
-        sample = read_id_csv(sample_path)
-        if len(sample.header) != 2:
-            raise DataError(f"{sample_path}: {len(sample.header)} columns {sample.header}; "
-                            "a submission holds an id and one prediction column")
-        if not sample.rows:
-            raise DataError(f"{sample_path}: no rows")
-        return sample.header, ids_of(sample), data.match_ids(ids_of(sample), sample.lines, index, sample_path,
-                                                             complete=True)
-    ids = [os.path.splitext(Path(os.path.relpath(f, test_dir)).as_posix())[0] for f in files]
+# ----------------------------------------------------------------------------------------------
+# The rows
+# ----------------------------------------------------------------------------------------------
+
+def read_sample(data_dir: Path) -> data.CsvTable | None:
+    """DIR/sample_submission.csv, or None when there is none."""
+    path = Path(data_dir) / "sample_submission.csv"
+    if not path.is_file():
+        return None
+    sample = read_id_csv(path)
+    if not sample.rows:
+        raise DataError(f"{path}: no rows")
+    return sample
+
+
+def find_test_index(data_dir: Path, test_dir: str | Path | None = None) -> data.FileIndex:
+    """The test images (DIR/test/, DIR/test_images/, or `test_dir`), indexed by id; a clear error when the
+    folder is missing or empty."""
+    return data.index_test_images(data_dir, test_dir)
+
+
+def submission_rows(index: data.FileIndex, sample: data.CsvTable | None = None,
+                    header: list[str] | None = None) -> tuple[list[str], list[Path]]:
+    """(ids, image files) of the submission: the sample's rows in its order when there is a sample (every
+    test image of `index` must be one), else every test image in natural order, ids without extension
+    (`header`: for the log)."""
+    if sample is not None:
+        return ids_of(sample), data.match_ids(ids_of(sample), sample.lines, index, sample.path, complete=True)
+    folder, files = index.folder, index.files
+    ids = [os.path.splitext(Path(os.path.relpath(f, folder)).as_posix())[0] for f in files]
     if len(set(ids)) != len(ids):
         clashes = sorted(i for i, n in Counter(ids).items() if n > 1)
-        raise DataError(f"{test_dir}: several images share an id once the extension is dropped:{data.listing(clashes)}\n"
+        raise DataError(f"{folder}: several images share an id once the extension is dropped:{data.listing(clashes)}\n"
                         f"add a sample_submission.csv naming them")
-    log.info("no %s: predicting every image of %s with the header %s", sample_path, test_dir, ",".join(DEFAULT_HEADER))
-    return list(DEFAULT_HEADER), ids, files
+    log.info("no sample_submission.csv: predicting every image of %s with the header %s", folder,
+             ",".join(header or DEFAULT_HEADER))
+    return ids, files
 
 
-def check_submission(table: data.CsvTable, header: list[str], ids: list[str], class_names: list[str]):
+# ----------------------------------------------------------------------------------------------
+# The shape
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class Shape:
+    """What the submission holds after the id (`kind`, one of SHAPES), its header, and why (`reason`, for the
+    log). `columns`: for probs, the class index of each column after the id, in the header's order;
+    `positive`: for score, the class whose probability is written; `top_k`: for topk, K. `warning`: a choice
+    that may cost score, for the log."""
+    kind: str
+    header: list[str]
+    reason: str
+    multi_label: bool = False
+    columns: list[int] | None = None
+    positive: int | None = None
+    top_k: int | None = None
+    warning: str = ""
+
+
+def choose_shape(sample: data.CsvTable | None, class_names: list[str], multi_label: bool, metric: str,
+                 requested: str = "auto", top_k: int | None = None) -> Shape:
+    """The submission's shape: `requested` (a shape of SHAPES), or with "auto" the one the sample asks for (its
+    columns and values), the model (multi-label: tags) and the metric (map@K: topk; roc_auc/log_loss of a
+    binary model: score). Without a sample the header is "id" and what the shape needs. An error names the
+    sample and its column or row when the sample fits no shape or not the model."""
+    if requested not in ("auto", *SHAPES):
+        raise OptionError(f"unknown submission shape {requested!r}: choose auto or one of {', '.join(SHAPES)}",
+                          option="submission")
+    if top_k is not None and top_k < 1:
+        raise OptionError(f"K must be at least 1, got {top_k}", option="top_k")
+    if top_k is not None and requested not in ("auto", "topk"):
+        raise OptionError(f"{flag('top_k')} {top_k} writes the K most probable classes (topk), not {requested}",
+                          option="submission", fix="choose {flag} topk, or leave it out")
+    k = top_k or metrics.top_k(metric)
+    kind, reason = _pick_kind(sample, class_names, multi_label, metric, requested, top_k, k)
+    _check_fit(kind, sample, class_names, multi_label, k)
+    shape = Shape(kind, _header(kind, sample, class_names), reason, multi_label)
+    if kind == "probs":
+        shape.columns = match_columns(shape.header[1:], class_names, sample.path if sample else "the submission")
+    elif kind == "score":
+        shape.positive = metrics.positive_class(class_names)
+        shape.reason += f"; the positive class is {class_names[shape.positive]!r}"
+    elif kind == "topk":
+        shape.top_k = min(k, len(class_names))
+        if k > len(class_names):
+            shape.reason += f" (all {len(class_names)}: the model has no more classes)"
+    shape.warning = _warning(shape, sample, class_names, metric)
+    return shape
+
+
+def _pick_kind(sample, class_names, multi_label, metric, requested, top_k, k) -> tuple[str, str]:
+    """(shape, why) for `requested`, or read from the sample, the model and the metric."""
+    if requested != "auto":
+        return requested, f"{flag('submission')} {requested}"
+    if top_k:
+        return "topk", f"{flag('top_k')} {top_k}: the {top_k} most probable classes"
+    if k:
+        return "topk", f"the metric {metric} scores the {k} most probable classes"
+    if sample is not None and len(sample.header) > 2:
+        return "probs", f"{sample.path} has {len(sample.header) - 1} prediction columns: one probability per class"
+    if multi_label:
+        return "tags", "the model is multi-label: its tags over their thresholds"
+    binary, needs_score = len(class_names) == 2, metrics.needs_score(metric)
+    if binary and needs_score:
+        return "score", f"the metric {metric} scores the probability of a binary model"
+    if sample is None:
+        if needs_score:
+            return "probs", f"no sample, and the metric {metric} scores probabilities"
+        return "labels", "no sample: the most probable class"
+    fraction = _first_fraction(sample)
+    if binary and fraction:
+        return "score", f"{sample.path}'s values are fractional ({fraction}): a probability"
+    return "labels", f"{sample.path} has one prediction column: the most probable class"
+
+
+def _check_fit(kind: str, sample, class_names: list[str], multi_label: bool, k: int | None):
+    """Refuse a shape that the sample or the model cannot have, naming the sample and its column or row."""
+    where = sample.path if sample is not None else None
+    if sample is not None and len(sample.header) > 2 and kind != "probs":
+        raise DataError(f"{where}: {len(sample.header) - 1} prediction columns {sample.header[1:6]}...: the sample "
+                        f"asks for one probability per class, not {kind} (one column)", option="submission",
+                        fix="choose probs or auto")
+    single_only = {"labels": "one class per image", "score": "the probability of one of two classes"}
+    if kind in single_only and multi_label:
+        raise DataError(f"the model is multi-label (tags), so it cannot write {kind} ({single_only[kind]}): a "
+                        "multi-label model predicts for multi-label competitions", option="submission",
+                        fix="write its tags with {flag} tags")
+    if kind == "score" and len(class_names) != 2:
+        raise DataError(f"a score is the probability of the positive class of a binary model, and the model has "
+                        f"{len(class_names)} classes", option="submission", fix="choose labels or probs")
+    if kind == "tags" and not multi_label:
+        raise DataError("the model is single-label: tags are the decisions of a multi-label model (trained with "
+                        f"{flag('multi_label')})", option="submission", fix="choose labels")
+    if kind == "topk" and not k:
+        raise OptionError("the topk shape needs K", option="top_k", fix="give it")
+    spaced = [c for c in class_names if len(c.split()) != 1]
+    if kind in ("tags", "topk") and spaced:
+        raise DataError(f"{kind} joins class names by spaces, and these hold spaces: {spaced[:5]}")
+    if sample is not None and kind in ("labels", "score", "tags"):
+        _check_sample_values(kind, sample, class_names, multi_label)
+
+
+def _check_sample_values(kind: str, sample, class_names: list[str], multi_label: bool):
+    """The sample's values that tell of another competition: fractions for a model of more classes than two,
+    numbers for a multi-label model, lists of classes for a single-label one."""
+    fraction = _first_fraction(sample)
+    if fraction and kind == "labels":
+        raise DataError(f"{sample.path} fits no shape of this model: its values are fractional ({fraction}), a "
+                        f"probability, which one column holds only for a binary model; the model has "
+                        f"{len(class_names)} classes")
+    names = set(class_names)
+    numbers = [v for v in values_of(sample) if _number(v) is not None and v.strip() not in names]
+    if kind == "tags" and len(numbers) == len(sample.rows):
+        raise DataError(f"{sample.path}: its values are numbers (line {sample.lines[0]}: {numbers[0]!r}), not tags: "
+                        "the competition is not a multi-label one, and the model is multi-label")
+    for value, line in zip(values_of(sample), sample.lines):
+        tokens = value.split()
+        if not multi_label and value.strip() not in names and len(tokens) > 1 and set(tokens) <= names:
+            raise DataError(f"{sample.path} line {line}: {value!r} is a list of classes, as in a multi-label "
+                            "competition, and the model is single-label: train it with "
+                            f"{flag('multi_label')}, or write the K most probable classes with {flag('top_k')} K")
+
+
+def _first_fraction(sample) -> str | None:
+    """'line N: value' of the first fractional value when every value of the sample's column is a number and
+    one of them is not 0 or 1, else None."""
+    numbers = [_number(v) for v in values_of(sample)]
+    if any(x is None for x in numbers):
+        return None
+    return next((f"line {line}: {v!r}" for x, v, line in zip(numbers, values_of(sample), sample.lines)
+                 if x not in (0.0, 1.0)), None)
+
+
+def _number(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _header(kind: str, sample, class_names: list[str]) -> list[str]:
+    if sample is not None:
+        return list(sample.header)
+    return ["id", *class_names] if kind == "probs" else ["id", DEFAULT_COLUMN[kind]]
+
+
+def _warning(shape: Shape, sample, class_names: list[str], metric: str) -> str:
+    """Hard labels where the competition probably scores a probability."""
+    if shape.kind != "labels":
+        return ""
+    if len(class_names) == 2 and sample is not None and all(_number(v) in (0.0, 1.0) for v in values_of(sample)):
+        return (f"WARNING: {sample.path} holds 0/1 numbers and the submission holds hard labels: a metric that "
+                f"scores a probability (roc_auc, log_loss) needs {flag('submission')} score (or {flag('metric')} "
+                "roc_auc)")
+    if metrics.needs_score(metric):
+        return (f"WARNING: the metric {metric} scores probabilities, and the submission holds hard labels (the "
+                "sample has one prediction column): a sample of one column per class would get them")
+    return ""
+
+
+def match_columns(columns: list[str], class_names: list[str], where) -> list[int]:
+    """The class index of each probability column, matched by name: as written, else ignoring letter case and
+    surrounding spaces. An error lists the columns that are no class and the classes without a column."""
+    exact = {name: i for i, name in enumerate(class_names)}
+    loose: dict[str, list[int]] = {}
+    for i, name in enumerate(class_names):
+        loose.setdefault(name.strip().lower(), []).append(i)
+    picked = []
+    for column in columns:
+        candidates = loose.get(column.strip().lower(), [])
+        picked.append(exact.get(column, candidates[0] if len(candidates) == 1 else None))
+    no_class = [c for c, k in zip(columns, picked) if k is None]
+    twice = sorted({class_names[k] for k, n in Counter(k for k in picked if k is not None).items() if n > 1})
+    without = [name for i, name in enumerate(class_names) if i not in picked]
+    if no_class or twice or without:
+        problems = ([f"{len(no_class)} column(s) that are no class: {no_class[:10]}"] if no_class else []) + \
+                   ([f"classes with several columns: {twice[:10]}"] if twice else []) + \
+                   ([f"{len(without)} class(es) without a column: {without[:10]}"] if without else [])
+        raise DataError(f"{where}: the columns after the id must be the model's {len(class_names)} classes, one "
+                        f"probability column each; {'; '.join(problems)}")
+    return picked
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing
+# ----------------------------------------------------------------------------------------------
+
+def format_prob(value: float) -> str:
+    return np.format_float_positional(float(value), precision=PROB_DIGITS, unique=True, fractional=False, trim="-")
+
+
+def submission_cells(shape: Shape, probs: np.ndarray, class_names: list[str],
+                     thresholds: np.ndarray | None = None) -> list[list[str]]:
+    """Each row's values after the id, for `shape`, from the probabilities (N, C) in `class_names`' order;
+    `thresholds` (C,): a multi-label model's (0.5 each by default)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    if shape.kind == "labels":
+        return [[class_names[k]] for k in probs.argmax(1)]
+    if shape.kind == "score":
+        return [[format_prob(p)] for p in probs[:, shape.positive]]
+    if shape.kind == "probs":
+        if not shape.multi_label:  # rows sum to 1 as written: the rounding is all that moves them
+            probs = probs / probs.sum(1, keepdims=True)
+        return [[format_prob(p) for p in row] for row in probs[:, shape.columns]]
+    if shape.kind == "tags":
+        decided = metrics.decide(probs, thresholds)
+        return [[" ".join(class_names[k] for k in np.flatnonzero(row))] for row in decided]
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :shape.top_k]
+    return [[" ".join(class_names[k] for k in row)] for row in order]
+
+
+def check_submission(table: data.CsvTable, header: list[str], ids: list[str], class_names: list[str],
+                     shape: Shape | None = None):
     """The submission as read back from disk: the expected header, one row per id in the expected order,
-    no duplicates, every value a known class."""
+    no duplicates, every value what its shape allows (labels by default)."""
     where, written = table.path, ids_of(table)
     if table.header != header:
         raise DataError(f"{where}: header {table.header} differs from the expected {header}")
@@ -76,32 +322,65 @@ def check_submission(table: data.CsvTable, header: list[str], ids: list[str], cl
         raise DataError(f"{where}: duplicate ids")
     if written != ids:
         raise DataError(f"{where}: {len(written)} rows do not match the {len(ids)} expected ids in order")
-    unknown = sorted(set(values_of(table)) - set(class_names))
-    if unknown:
-        raise DataError(f"{where}: values that are not classes: {unknown}")
+    kind = shape.kind if shape else "labels"
+    if kind == "labels":
+        unknown = sorted(set(values_of(table)) - set(class_names))
+        if unknown:
+            raise DataError(f"{where}: values that are not classes: {unknown}")
+    elif kind in ("probs", "score"):
+        _check_probabilities(table, sums_to_one=kind == "probs" and not shape.multi_label)
+    else:
+        _check_class_lists(table, class_names, shape.top_k if kind == "topk" else None)
 
 
-def write_submission(path: Path, header: list[str], ids: list[str], predictions: list[str], class_names: list[str]):
-    """Write the submission atomically, after checking what was written reads back as intended."""
+def _check_probabilities(table: data.CsvTable, sums_to_one: bool):
+    for row, line in zip(table.rows, table.lines):
+        values = [_number(v) for v in row[1:]]
+        bad = [(c, v) for c, v, x in zip(table.header[1:], row[1:], values) if x is None or not 0 <= x <= 1]
+        if bad:
+            raise DataError(f"{table.path} line {line}: column {bad[0][0]!r} holds {bad[0][1]!r}, not a probability")
+        if sums_to_one and abs(sum(values) - 1) > SUM_TOLERANCE:
+            raise DataError(f"{table.path} line {line}: the probabilities sum to {sum(values):.6f}, not 1")
+
+
+def _check_class_lists(table: data.CsvTable, class_names: list[str], k: int | None):
+    """Tags (at least one class) or the top K (K distinct classes), joined by single spaces."""
+    names = set(class_names)
+    for value, line in zip(values_of(table), table.lines):
+        tokens = value.split(" ")
+        if not value or set(tokens) - names or len(set(tokens)) != len(tokens) or (k and len(tokens) != k):
+            raise DataError(f"{table.path} line {line}: {value!r} is not {k or 'a list of'} distinct classes "
+                            "joined by spaces")
+
+
+def write_submission(path: Path, header: list[str], ids: list[str], predictions: list, class_names: list[str],
+                     shape: Shape | None = None):
+    """Write the submission atomically, after checking what was written reads back as intended. `predictions`:
+    each row's value (a string), or its values after the id (a list), of `shape` (labels by default)."""
     path = Path(path)
+    cells = [[p] if isinstance(p, str) else list(p) for p in predictions]
 
     def write(tmp):
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
             w.writerow(header)
-            w.writerows(zip(ids, predictions))
+            w.writerows([ident, *row] for ident, row in zip(ids, cells))
         written = read_id_csv(tmp)
         written.path = path
-        check_submission(written, header, ids, class_names)
-        if values_of(written) != list(predictions):
+        check_submission(written, header, ids, class_names, shape)
+        if [row[1:] for row in written.rows] != cells:
             raise DataError(f"{path}: the predictions do not read back as written")
 
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, write)
 
 
+# ----------------------------------------------------------------------------------------------
+# Solutions
+# ----------------------------------------------------------------------------------------------
+
 def score_submission(submission_csv: str | Path, solution_csv: str | Path) -> float:
-    """Accuracy of a submission against a solution CSV (id, label), matching rows by id."""
+    """Accuracy of a labels submission against a solution CSV (id, label), matching rows by id."""
     sub, sol = read_id_csv(submission_csv), read_id_csv(solution_csv)
     predicted = {}
     for ident, value, line in zip(ids_of(sub), values_of(sub), sub.lines):
@@ -120,13 +399,50 @@ def score_submission(submission_csv: str | Path, solution_csv: str | Path) -> fl
     return metrics.accuracy([predicted[i] for i in wanted], [v.strip() for v in values_of(sol)])
 
 
-def solution_images(solution: Path, data_dir: Path, class_names: list[str]) -> tuple[list[Path], np.ndarray]:
-    """The test images named by a solution CSV (sample format) and their labels."""
+def solution_images(solution: Path, index: data.FileIndex | Path, class_names: list[str],
+                    multi_label: bool = False) -> tuple[list[Path], np.ndarray]:
+    """The test images named by a solution CSV and their labels ((N,) class indices, or (N, C) multi-hot for
+    `multi_label`) in the model's `class_names`. The answers may be class names, tags joined by spaces, 0/1
+    targets of a binary model (1: metrics.positive_class), or one 0/1 column per class (one-hot)."""
     table = read_id_csv(solution)
     if not table.rows:
         raise DataError(f"{solution}: no rows")
-    files = data.match_ids(ids_of(table), table.lines, data.index_test_images(data_dir), solution)
-    return files, label_indices([v.strip() for v in values_of(table)], class_names, str(solution), table.lines)
+    if not isinstance(index, data.FileIndex):
+        index = find_test_index(index)
+    files = data.match_ids(ids_of(table), table.lines, index, solution)
+    if len(table.header) > 2:
+        return files, _one_hot_answers(table, class_names, multi_label)
+    values = [v.strip() for v in values_of(table)]
+    if multi_label:
+        return files, data.parse_labels(values, class_names, True, Path(solution), table.lines)
+    if len(class_names) == 2 and not set(values) <= set(class_names) and all(_number(v) is not None for v in values):
+        return files, _binary_targets(table, values, class_names)
+    return files, label_indices(values, class_names, str(solution), table.lines)
+
+
+def _binary_targets(table: data.CsvTable, values: list[str], class_names: list[str]) -> np.ndarray:
+    """0/1 targets of a binary model as class indices: 1 is the positive class."""
+    positive = metrics.positive_class(class_names)
+    for value, line in zip(values, table.lines):
+        if _number(value) not in (0.0, 1.0):
+            raise DataError(f"{table.path} line {line}: target {value!r} is neither 0 nor 1 (the targets of a binary "
+                            f"model; 1 is its positive class {class_names[positive]!r})")
+    return np.array([positive if _number(v) == 1 else 1 - positive for v in values], dtype=np.int64)
+
+
+def _one_hot_answers(table: data.CsvTable, class_names: list[str], multi_label: bool) -> np.ndarray:
+    """One 0/1 column per class: class indices (exactly one 1 per row), or multi-hot rows for `multi_label`."""
+    columns = match_columns(table.header[1:], class_names, table.path)
+    hot = np.zeros((len(table.rows), len(class_names)), dtype=np.uint8)
+    for r, (row, line) in enumerate(zip(table.rows, table.lines)):
+        for column, k, value in zip(table.header[1:], columns, row[1:]):
+            if _number(value) not in (0.0, 1.0):
+                raise DataError(f"{table.path} line {line}: column {column!r} holds {value!r}, not 0 or 1")
+            hot[r, k] = _number(value) == 1
+        if not multi_label and hot[r].sum() != 1:
+            raise DataError(f"{table.path} line {line}: {int(hot[r].sum())} columns hold 1; one-hot answers of a "
+                            "single-label model have exactly one")
+    return hot if multi_label else hot.argmax(1).astype(np.int64)
 
 
 def label_indices(names: list[str], class_names: list[str], where: str, lines=None) -> np.ndarray:

@@ -32,9 +32,10 @@ import data
 import metrics
 import runs
 from checkpoint import save_checkpoint
-from config import TrainConfig, default_run_name, parse_config, save_config, script_name
+from config import TrainConfig, build_parser, default_run_name, parse_config, save_config, script_name
 from errors import DataError, UsageError, explain
 from fileio import atomic_write_text
+from images import label_text, parse_labels
 from inference import infer
 from models import head_name
 from runtime import Runtime, all_reduce, any_process, cuda_graphs, seconds_since_start, setup_runtime
@@ -175,7 +176,7 @@ def _step(s: Session, x: torch.Tensor, y: torch.Tensor, step: int, sums: DeviceS
     for group in s.optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)  # --head-lr-mult scales the classifier's
     x, targets = s.preprocess(x, train=True), y
-    if s.mix.active:  # soft targets; accuracy counts the label that weighs most in each mixed image
+    if s.mix.active:  # soft targets; accuracy counts the labels that weigh most in each mixed image
         x, targets, y = s.mix(x, y, len(s.spec.class_names))
     if s.config.compile and cuda_graphs(s.rt):  # the compiled model replays CUDA graphs: each step is marked
         torch.compiler.cudagraph_mark_step_begin()
@@ -191,8 +192,16 @@ def _step(s: Session, x: torch.Tensor, y: torch.Tensor, step: int, sums: DeviceS
     s.optimizer.zero_grad(set_to_none=True)
     if s.ema:
         s.ema.update(step)
-    sums.add(loss.detach() * len(y), (logits.argmax(1) == y).sum(), len(y))
+    sums.add(loss.detach() * len(y), count_correct(logits, y), len(y))
     return lr
+
+
+def count_correct(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The images of a batch predicted right: the most probable class is the label; multi-label (`y` (B, classes)):
+    every tag decided right at probability 1/2 (logit 0), an exact match."""
+    if y.ndim == 2:
+        return ((logits > 0) == (y > 0.5)).all(1).sum()
+    return (logits.argmax(1) == y).sum()
 
 
 def _check_progress(bar: tqdm, sums: DeviceSums, epoch: int, step: int, elapsed: float, rt: Runtime):
@@ -215,24 +224,50 @@ def _stop_agreed(stop: StopRequest, step: int, rt: Runtime) -> bool:
 
 @torch.no_grad()
 def evaluate(s: Session, indices: np.ndarray) -> dict:
-    """Loss, accuracy and the --metric's score on `indices` (no augmentation), over all processes; and the
-    class probabilities of those images, in the order of `indices` sorted ("indices", "probs")."""
+    """Loss, accuracy and the --metric's score on `indices` (no augmentation), over all processes; the class
+    probabilities of those images, in the order of `indices` sorted ("indices", "probs"); and, multi-label, the
+    tags' thresholds fitted for the metric on them, which its accuracy and score decide with ("thresholds")."""
     if len(indices) == 0:
-        return {"loss": math.nan, "acc": math.nan, "score": math.nan}
+        return {"loss": math.nan, "acc": math.nan, "score": math.nan, "thresholds": None}
     device = s.rt.device
     labels = torch.from_numpy(s.data.labels).to(device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     seen_idx, seen_log_probs = [], []
     for idx, log_probs in infer(s.eval_model, s.data.pixels, indices, s.preprocess, s.spec.compute, device,
-                                s.config.batch_size * 2, rank=s.rt.rank, world_size=s.rt.world_size):
-        loss_sum += F.nll_loss(log_probs, labels[idx], reduction="sum").double()
+                                s.config.batch_size * 2, rank=s.rt.rank, world_size=s.rt.world_size,
+                                multi_label=s.spec.multi_label):
+        loss_sum += summed_loss(log_probs, labels[idx])
         seen_idx.append(idx)
         seen_log_probs.append(log_probs)
     idx, probs = _gather(s, seen_idx, seen_log_probs)
     loss = all_reduce([loss_sum.item()], s.rt)[0] / len(idx)
-    finite = np.isfinite(probs).all()
-    return {"loss": loss, "acc": metrics.score("accuracy", probs, s.data.labels[idx]), "indices": idx, "probs": probs,
-            "score": metrics.score(s.config.metric, probs, s.data.labels[idx]) if finite else math.nan}
+    return {"loss": loss, "indices": idx, "probs": probs, **scores(s.config.metric, probs, s.data.labels[idx])}
+
+
+# Kaggle clips probabilities at 1e-15: a tag's log(1 - p) is no lower, once p rounds to 1.
+LOG_EPS = math.log(1e-15)
+
+
+def summed_loss(log_probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """A batch's validation loss summed over its images: -log p of the label; multi-label (`labels` (B, classes)):
+    each image's binary cross-entropy averaged over its tags, so the validation loss is the mean over every
+    (image, tag) entry."""
+    if labels.ndim == 1:
+        return F.nll_loss(log_probs, labels, reduction="sum").double()
+    y = labels.to(log_probs.dtype)
+    log_not = torch.log(-torch.expm1(log_probs)).clamp_min(LOG_EPS)  # log(1 - p) from log p
+    return -(y * log_probs + (1 - y) * log_not).mean(1).sum().double()
+
+
+def scores(metric: str, probs: np.ndarray, labels: np.ndarray) -> dict:
+    """Accuracy and `metric` of `probs` against `labels` ("acc", "score"); multi-label: decided with each tag's
+    threshold fitted for `metric` on these images ("thresholds"; None for single-label labels)."""
+    if not np.isfinite(probs).all():  # a diverged model: check_finite ends the run
+        return {"acc": math.nan, "score": math.nan, "thresholds": None}
+    thresholds = metrics.fit_thresholds(metric, probs, labels) if labels.ndim == 2 else None
+    return {"acc": metrics.score("accuracy", probs, labels, thresholds),
+            "score": metrics.score(metric, probs, labels, thresholds),
+            "thresholds": None if thresholds is None else [float(t) for t in thresholds]}
 
 
 def _gather(s: Session, seen_idx: list, seen_log_probs: list) -> tuple[np.ndarray, np.ndarray]:
@@ -271,31 +306,33 @@ def started_runtime(config: TrainConfig):
             dist.destroy_process_group()
 
 
-def train(config: TrainConfig, script_defaults: dict | None = None) -> Path:
+def train(config: TrainConfig, script_defaults: dict | None = None, notes: tuple[str, ...] = ()) -> Path:
     """Train a model as `config` says; returns the run folder. `script_defaults` (those of the train_<arch>.py
-    that runs it) are recorded in run.json, so that the runs table can write the run's command."""
+    that runs it) are recorded in run.json, so that the runs table can write the run's command; `notes` (the
+    options the command line settled, `settle_options`) go in the log."""
     with started_runtime(config) as rt:
-        return _train(config, rt, script_defaults or {})
+        return _train(config, rt, script_defaults or {}, notes)
 
 
-def _train(config: TrainConfig, rt: Runtime, script_defaults: dict) -> Path:
+def _train(config: TrainConfig, rt: Runtime, script_defaults: dict, notes: tuple[str, ...] = ()) -> Path:
     """One run on a started runtime, in its folder, which rank 0 holds while it trains."""
     run_dir = run_dir_for(config)
     if not rt.is_main:
-        return _train_run(config, rt, script_defaults, run_dir)
+        return _train_run(config, rt, script_defaults, run_dir, notes)
     runs.claim_run_dir(run_dir)
     try:
-        return _train_run(config, rt, script_defaults, run_dir)
+        return _train_run(config, rt, script_defaults, run_dir, notes)
     finally:
         runs.release_run_dir(run_dir)
 
 
-def _train_run(config: TrainConfig, rt: Runtime, script_defaults: dict, run_dir: Path) -> Path:
+def _train_run(config: TrainConfig, rt: Runtime, script_defaults: dict, run_dir: Path,
+               notes: tuple[str, ...]) -> Path:
     """The plan of a run: set up, then per epoch train, evaluate, record, write, and decide whether to go on."""
     s, resume, choice = prepare_session(config, rt, run_dir)
     start_epoch, start_step, partial = resumed_position(s, resume)
     if rt.is_main:
-        record_start(s, start_epoch, resume is not None, choice, script_defaults)
+        record_start(s, start_epoch, resume is not None, choice, script_defaults, notes)
     with StopRequest() as stop:
         for epoch in range(start_epoch, s.config.epochs + 1):
             try:
@@ -335,27 +372,33 @@ def resumed_position(s: Session, resume: dict | None) -> tuple[int, int, dict | 
     return resume["epoch"] + 1, step, partial
 
 
-def record_start(s: Session, start_epoch: int, resuming: bool, choice: dict | None, script_defaults: dict):
-    """On rank 0: the run's config.json and run.json, and the log lines that say what it trains."""
+def record_start(s: Session, start_epoch: int, resuming: bool, choice: dict | None, script_defaults: dict,
+                 notes: tuple[str, ...] = ()):
+    """On rank 0: the run's config.json and run.json, and the log lines that say what it trains (and `notes`)."""
     config, p, run_dir = s.config, s.progress, s.run_dir
     ready = round(seconds_since_start(), 1)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, run_dir)
     runs.update_run_info(run_dir, name=run_dir.name, arch=config.arch, epochs=config.epochs,
                          epochs_done=start_epoch - 1, batch_size=config.batch_size, img_size=config.img_size,
-                         mode=str(s.spec.compute), status="running",
+                         mode=str(s.spec.compute), status="running", multi_label=s.spec.multi_label,
                          best_val_acc=p.best_val_acc if p.best_epoch else None, metric=config.metric,
                          train_time=p.train_time, script_defaults=script_defaults,
                          startup_s=ready, **({"mode_choice": choice} if choice else {}))
-    log.info("%s: %s on %s, %d classes, %d train / %d val images of %dx%dx%d, %s, %d epochs -> %s (ready %.1f s "
+    log.info("%s: %s on %s, %d %s, %d train / %d val images of %dx%dx%d, %s, %d epochs -> %s (ready %.1f s "
              "after start)", "resuming" if resuming else "training", config.arch, s.rt.device, len(s.spec.class_names),
-             len(s.data.train_idx), len(s.data.val_idx), s.spec.channels, config.img_size, config.img_size,
-             s.spec.compute, config.epochs, run_dir, ready)
+             "tags (multi-label)" if s.spec.multi_label else "classes", len(s.data.train_idx), len(s.data.val_idx),
+             s.spec.channels, config.img_size, config.img_size, s.spec.compute, config.epochs, run_dir, ready)
     if config.pretrained or config.head_lr_mult != 1 or config.freeze_epochs:
         log.info("fine-tuning: weights %s; normalisation with %s (mean %s, std %s); the classifier (%s) at %gx "
                  "the learning rate; the backbone frozen for the first %d epoch(s)", config.pretrained or "random",
                  norm_source(config), s.spec.mean, s.spec.std, head_name(config.arch), config.head_lr_mult,
                  config.freeze_epochs)
+    for note in notes:
+        log.info(note)
+    if s.spec.multi_label and config.metric == "accuracy":
+        log.info("--metric accuracy on multi-label data: the share of images with every tag right (subset accuracy); "
+                 "tag competitions are mostly scored per image: --metric f2_samples or f1_samples")
     if start_epoch > config.epochs:
         log.info("the run already has %d epochs; raise --epochs to train longer", config.epochs)
 
@@ -413,6 +456,7 @@ def record_epoch(s: Session, epoch: int, result: EpochResult, val: dict) -> tupl
     if improved:
         p.best_val_acc, p.best_epoch = (val["acc"] if has_val else math.nan), epoch
         p.best_val_score = val["score"] if has_val else math.nan
+        s.spec.thresholds = val["thresholds"] if has_val else None  # what best.pt (and last.pt) decide tags with
     return row, improved
 
 
@@ -425,8 +469,8 @@ def write_epoch(s: Session, epoch: int, row: dict, val: dict, improved: bool):
         save_checkpoint(run_dir / "best.pt", s.checkpoint(epoch, resumable=False))
         if has_val:  # the best epoch's validation predictions: for ensembles and out-of-fold scores
             runs.write_predictions(run_dir / "val_predictions.csv", s.file_names(val["indices"]),
-                                   [s.spec.class_names[s.data.labels[i]] for i in val["indices"]],
-                                   val["probs"], s.spec.class_names)
+                                   [label_text(s.data.labels[i], s.spec.class_names, s.spec.multi_label)
+                                    for i in val["indices"]], val["probs"], s.spec.class_names)
     runs.write_metrics(run_dir / "metrics.csv", p.history)
     runs.plot_curves(run_dir)
     runs.update_run_info(run_dir, epochs_done=epoch, best_val_acc=p.best_val_acc, best_val_score=p.best_val_score,
@@ -480,7 +524,7 @@ def fold_name(base: str, fold: int) -> str:
     return f"{base}-f{fold}"
 
 
-def train_folds(config: TrainConfig, script_defaults: dict | None = None) -> Path:
+def train_folds(config: TrainConfig, script_defaults: dict | None = None, notes: tuple[str, ...] = ()) -> Path:
     """--folds K: train (or resume, or skip when done) the runs NAME-f1..NAME-fK, each holding out its fold, then
     collect their out-of-fold predictions in RUNS/NAME-oof.csv and print the out-of-fold score. Running the same
     command again resumes where it stopped. Returns the out-of-fold file."""
@@ -495,7 +539,8 @@ def train_folds(config: TrainConfig, script_defaults: dict | None = None) -> Pat
                 continue
             resume = str(run_dir) if (run_dir / "last.pt").is_file() else ""
             log.info("fold %d/%d: %s %s", fold, config.folds, "resuming" if resume else "training", run_dir)
-            _train(dataclasses.replace(config, fold=fold, name=run_dir.name, resume=resume), rt, script_defaults or {})
+            _train(dataclasses.replace(config, fold=fold, name=run_dir.name, resume=resume), rt, script_defaults or {},
+                   notes)
         if rt.is_main:
             return collect_out_of_fold(Path(config.runs_dir), base, config.folds, config.metric)
         return Path(config.runs_dir) / f"{base}-oof.csv"
@@ -503,7 +548,28 @@ def train_folds(config: TrainConfig, script_defaults: dict | None = None) -> Pat
 
 def collect_out_of_fold(runs_dir: Path, base: str, folds: int, metric: str) -> Path:
     """The folds' validation predictions (each at its best epoch) in one file, RUNS/BASE-oof.csv, sorted by file,
-    every training image exactly once; its score is printed and recorded in RUNS/BASE-oof.json."""
+    every training image exactly once; its score is printed and recorded in RUNS/BASE-oof.json, with (multi-label)
+    the tags' thresholds fitted for the metric on these out-of-fold probabilities, which the score decides with."""
+    files, labels, probs, names = read_folds(runs_dir, base, folds)
+    order = sorted(range(len(files)), key=lambda i: data.natural_key(files[i]))
+    files, labels, probs = [files[i] for i in order], [labels[i] for i in order], np.array([probs[i] for i in order])
+    out = runs_dir / f"{base}-oof.csv"
+    runs.write_predictions(out, files, labels, probs, names)
+    multi_label = bool((runs.read_run_info(runs_dir / fold_name(base, 1)) or {}).get("multi_label", False))
+    truth = parse_labels(labels, names, multi_label, out, list(range(2, len(labels) + 2)))
+    thresholds = metrics.fit_thresholds(metric, probs, truth) if multi_label else None
+    oof = metrics.score(metric, probs, truth, thresholds)
+    summary = {"metric": metric, "score": oof, "folds": folds, "images": len(files), "multi_label": multi_label,
+               "thresholds": None if thresholds is None else [float(t) for t in thresholds]}
+    atomic_write_text(runs_dir / f"{base}-oof.json", json.dumps(summary, indent=2))
+    print(f"out-of-fold {metric}: {oof:.4f} over {len(files)} images ({folds} folds"
+          f"{', tag thresholds fitted on them' if multi_label else ''}) -> {out}")
+    return out
+
+
+def read_folds(runs_dir: Path, base: str, folds: int) -> tuple[list[str], list[str], list[list[float]], list[str]]:
+    """(files, labels, probabilities, class names) of the validation predictions of every fold of `base`, which
+    must hold out disjoint images and share their classes."""
     files, labels, probs, names = [], [], [], None
     for fold in range(1, folds + 1):
         path = runs_dir / fold_name(base, fold) / "val_predictions.csv"
@@ -518,16 +584,7 @@ def collect_out_of_fold(runs_dir: Path, base: str, folds: int, metric: str) -> P
         probs += p
     if len(set(files)) != len(files):
         raise DataError(f"the folds of {base} hold out overlapping images: were they trained with different --seed?")
-    order = sorted(range(len(files)), key=lambda i: data.natural_key(files[i]))
-    files, labels, probs = [files[i] for i in order], [labels[i] for i in order], np.array([probs[i] for i in order])
-    out = runs_dir / f"{base}-oof.csv"
-    runs.write_predictions(out, files, labels, probs, names)
-    index = {name: i for i, name in enumerate(names)}
-    oof = metrics.score(metric, probs, np.array([index[label] for label in labels]))
-    atomic_write_text(runs_dir / f"{base}-oof.json", json.dumps({"metric": metric, "score": oof, "folds": folds,
-                                                                "images": len(files)}, indent=2))
-    print(f"out-of-fold {metric}: {oof:.4f} over {len(files)} images ({folds} folds) -> {out}")
-    return out
+    return files, labels, probs, names
 
 
 def main(arch: str, argv=None, **defaults) -> Path | None:
@@ -535,13 +592,32 @@ def main(arch: str, argv=None, **defaults) -> Path | None:
     --folds K)."""
     try:
         config = parse_config(arch, defaults, argv)
+        config, notes = settle_options(config, given_options(arch, defaults, argv))
         if config.folds and not config.fold and not config.resume:
-            return train_folds(config, defaults)
+            return train_folds(config, defaults, notes)
         if config.fold and not config.resume:  # one fold: named as --folds names it
             config = dataclasses.replace(config, name=fold_name(config.name or default_run_name(arch), config.fold))
-        return train(config, defaults)
+        return train(config, defaults, notes)
     except UsageError as e:
         sys.exit(f"error: {explain(e)}")
+
+
+def given_options(arch: str, defaults: dict, argv=None) -> set[str]:
+    """The options named on the command line (its parser leaves out every option not given)."""
+    return set(vars(build_parser(arch, defaults).parse_args(argv)))
+
+
+def settle_options(config: TrainConfig, given: set[str]) -> tuple[TrainConfig, tuple[str, ...]]:
+    """Defaults that depend on the metric, for a new run (a resumed one keeps its saved values) and for options
+    not `given` on the command line (given ones always win): the config to train with, which config.json records,
+    and the log lines that say what was chosen and why."""
+    notes = []
+    if config.metric == "log_loss" and config.label_smoothing and "label_smoothing" not in given and not config.resume:
+        notes.append(f"--metric log_loss: training without label smoothing (the default --label-smoothing "
+                     f"{config.label_smoothing:g} teaches probabilities short of 1 where the model is sure, and log "
+                     "loss charges for that on every image); pass --label-smoothing to choose one")
+        config = dataclasses.replace(config, label_smoothing=0.0)
+    return config, tuple(notes)
 
 
 if __name__ == "__main__":  # kept for the commands of older READMEs: the run tools now live in runs.py

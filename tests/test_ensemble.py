@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import csv
 import importlib
+import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -110,6 +112,37 @@ def test_weights_never_score_below_the_best_member(metric):
     for weights in (fitted, ensemble.choose_weights(probs, labels, metric).weights):
         value = metrics.score(metric, ensemble.blend(probs, weights), labels)
         assert not metrics.better(metric, best, value) or value == pytest.approx(best)
+
+
+def test_multi_label_members_blend_sigmoids_and_the_blend_gets_thresholds():
+    rng = np.random.default_rng(0)
+    labels = (rng.random((300, 4)) < 0.4).astype(np.uint8)
+    good = labels * 0.3 + rng.random((300, 4)) * 0.7  # positives 0.3..1, negatives 0..0.7: 0.5 is not the best cut
+    noise = rng.random((300, 4))
+    w = ensemble.choose_weights([good, noise], labels, "f2_samples")
+    assert w.weights[0] > w.weights[1] and w.thresholds.shape == (4,)
+    blended = ensemble.blend([good, noise], w.weights)
+    assert metrics.score("f2_samples", blended, labels, w.thresholds) >= \
+        metrics.score("f2_samples", blended, labels) - 1e-12  # fitted on these images: at least 0.5 everywhere
+    assert ensemble.choose_weights([good, noise], labels.argmax(1), "accuracy").thresholds is None  # single-label
+    # without images to fit them on: the members' own (0.5 for one without), weighted as their probabilities
+    tags = ["cloud", "haze", "road", "water"]
+    members = [SimpleNamespace(spec=SimpleNamespace(multi_label=True, thresholds=[0.2] * 4), class_names=tags),
+               SimpleNamespace(spec=SimpleNamespace(multi_label=True, thresholds=None), class_names=tags)]
+    np.testing.assert_allclose(ensemble.ensemble_thresholds(members, np.array([0.75, 0.25])), [0.275] * 4)
+    single = [SimpleNamespace(spec=SimpleNamespace(multi_label=False, thresholds=None), class_names=tags)]
+    assert ensemble.ensemble_thresholds(single, np.ones(1)) is None
+
+
+def test_the_folds_of_a_multi_label_run_decide_with_its_out_of_fold_thresholds(tmp_path):
+    folds = [SimpleNamespace(checkpoint={"config": {"name": f"kf-f{k}", "fold": k, "folds": 2}},
+                             run_dir=tmp_path / f"kf-f{k}", spec=SimpleNamespace(multi_label=True),
+                             class_names=["a", "b"]) for k in (1, 2)]
+    assert ensemble.fold_thresholds(folds) is None  # no out-of-fold file yet
+    (tmp_path / "kf-oof.json").write_text(json.dumps({"thresholds": [0.3, 0.6], "multi_label": True}))
+    assert ensemble.fold_thresholds(folds).tolist() == [0.3, 0.6]
+    folds[0].spec.multi_label = False
+    assert ensemble.fold_thresholds(folds) is None
 
 
 def test_shared_validation_images():

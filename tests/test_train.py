@@ -276,6 +276,22 @@ def test_resume_refuses_changed_options_and_missing_runs(dataset, tmp_path):
         train("cnn")
 
 
+def test_log_loss_trains_without_label_smoothing_unless_it_is_given(dataset, tmp_path):
+    run = train("cnn", "--data", dataset, "--runs-dir", tmp_path, "--name", "ll", "--epochs", 2, "--stop-at-epoch", 1,
+                "--metric", "log_loss", "--img-size", 16, *FAST)
+    assert json.loads((run / "config.json").read_text())["label_smoothing"] == 0.0  # the value trained with
+    train("cnn", "--resume", run, "--no-progress")  # resumes with it: no option changed
+    assert json.loads((run / "config.json").read_text())["label_smoothing"] == 0.0 and len(metrics(run)) == 2
+    log_loss = options.make_config("cnn", {}, data="d", metric="log_loss")
+    chosen, notes = trainer.settle_options(log_loss, trainer.given_options("cnn", {}, ["--data", "d"]))
+    assert chosen.label_smoothing == 0.0 and len(notes) == 1 and "without label smoothing" in notes[0]
+    given = trainer.given_options("cnn", {}, ["--data", "d", "--label-smoothing", "0.1"])
+    assert given == {"data", "label_smoothing"}
+    assert trainer.settle_options(log_loss, given) == (log_loss, ())  # a flag given always wins
+    accuracy = options.make_config("cnn", {}, data="d")
+    assert trainer.settle_options(accuracy, set()) == (accuracy, ())
+
+
 def test_sigkill_then_resume_continues_from_the_last_epoch(dataset, tmp_path):
     cmd = [sys.executable, "train_cnn.py", "--data", str(dataset), "--runs-dir", str(tmp_path), "--name", "killed",
            "--epochs", "50", "--img-size", "16", *FAST[:-2], "--batch-size", "4"]
