@@ -4,7 +4,7 @@ running code (older versions are brought up to date on loading), and rebuilding 
 A checkpoint is a dict:
     format, version          "imgcomp-checkpoint", CHECKPOINT_VERSION
     spec                     ModelSpec as a dict: everything that rebuilds the model and feeds it images, and how
-                             its outputs read (multi_label, thresholds: absent from older checkpoints, which are
+                             its outputs read (multi_label, thresholds: since version 3; older checkpoints are
                              single-label)
     model                    the weights that predict (the moving average, when the run keeps one)
     config                   the run's TrainConfig as a dict
@@ -32,8 +32,9 @@ log = logging.getLogger("imgcomp")
 
 CHECKPOINT_FORMAT = "imgcomp-checkpoint"
 # 1: spec fields at the top level (img_size, channels, normalize + mean/std, mode); 2: one "spec" dict,
-# "training" for the resumable state.
-CHECKPOINT_VERSION = 2
+# "training" for the resumable state; 3: the spec's multi_label and thresholds (a version 2 spec lacks them: it is
+# single-label).
+CHECKPOINT_VERSION = 3
 
 
 @dataclass
@@ -106,6 +107,9 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
         raise DataError(f"{path} was written by a newer version of this toolkit (checkpoint version {version})")
     if version == 1 and "arch" in checkpoint:
         checkpoint = _from_version_1(checkpoint)
+    if version <= 2 and isinstance(checkpoint.get("spec"), dict):  # from before multi-label models: single-label
+        checkpoint["spec"] = {"multi_label": False, "thresholds": None, **checkpoint["spec"]}
+        checkpoint["version"] = CHECKPOINT_VERSION
     return checkpoint
 
 

@@ -178,8 +178,8 @@ def parse_config(arch: str, defaults: dict, argv=None) -> TrainConfig:
                             f"not {arch!r}; use {script_name(saved.get('arch'))}")
         changed = [k for k, v in given.items() if k not in RESUMABLE_CHANGES and saved.get(k) != v]
         if changed:
-            raise OptionError(f"--resume: {', '.join('--' + k.replace('_', '-') for k in changed)} cannot change "
-                            f"when resuming (only {', '.join('--' + k.replace('_', '-') for k in sorted(RESUMABLE_CHANGES))} can)")
+            raise OptionError(f"--resume: {', '.join(flag(k) for k in changed)} cannot change when resuming (only "
+                              f"{', '.join(flag(k) for k in sorted(RESUMABLE_CHANGES))} can)")
         # An option the saved run does not know did not exist then: it keeps its built-in (off) default.
         values.update({k: saved.get(k, default) for k, default in built_in_defaults().items() if k != "arch"})
     values.update(given)
@@ -227,10 +227,10 @@ def check_config(config: TrainConfig):
         raise OptionError("--fold I needs --folds K")
     if config.head_lr_mult <= 0:
         raise OptionError(f"--head-lr-mult must be positive, got {config.head_lr_mult}")
-    try:
-        check_metric(config.metric, config.multi_label)
-    except OptionError as e:
-        raise OptionError(f"--metric: {e}") from None
+    check_metric(config.metric, config.multi_label)  # it names --metric and its value (errors.explain spells them)
+    if config.id_col and config.id_col == config.label_col:
+        raise OptionError(f"{flag('id_col')} and {flag('label_col')} both name the column {config.id_col!r}: an "
+                          "image's id cannot be its label")
     if config.norm_stats == "weights" and not config.pretrained:
         raise OptionError("--norm-stats weights needs --pretrained (weights whose normalisation to use)")
     if config.name and (config.name in (".", "..") or any(c in config.name for c in "/\\\0")

@@ -30,7 +30,7 @@ from demo import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, read_idx, write_fashi
 from errors import DataError, explain
 from images import (ID_COLUMNS, IMG_EXTENSIONS, LABEL_COLUMNS, LABEL_FILES, TEST_DIRS, TRAIN_DIRS,  # noqa: F401
                     CsvTable, FileIndex, LabelledImages, find_labelled_images, find_test_folder, find_test_images,
-                    index_test_images, is_image, label_text, listing, match_ids, natural_key, parse_labels,
+                    index_test_images, label_text, listing, match_ids, natural_key, parse_labels,
                     read_csv)
 
 

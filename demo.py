@@ -32,7 +32,9 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
 
 
-def _fashion_mnist_arrays(source: Path | None):
+def fashion_mnist_arrays(source: Path | None = None):
+    """Fashion-MNIST as uint8 arrays (train images, train labels, test images, test labels): from `source` (the
+    Debian package's folder by default), else downloaded by torchvision."""
     source = source or FASHION_MNIST_DIR
     names = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
              "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
@@ -56,7 +58,7 @@ def write_fashion_mnist(out_dir: str | Path, source: Path | None = None, limit: 
     if (out_dir / "solution.csv").is_file():
         log.info("%s already holds the demo competition", out_dir)
         return out_dir
-    x_train, y_train, x_test, y_test = _fashion_mnist_arrays(source)
+    x_train, y_train, x_test, y_test = fashion_mnist_arrays(source)
     if limit:
         x_train, y_train, x_test, y_test = x_train[:limit], y_train[:limit], x_test[:limit], y_test[:limit]
     tmp = out_dir.with_name(out_dir.name + ".partial")

@@ -25,7 +25,6 @@ import metrics
 import runs
 from checkpoint import ModelSpec
 from errors import DataError
-from submission import label_indices
 
 
 class Member(Protocol):
@@ -83,7 +82,8 @@ def fit_ensemble_weights(probs: list[np.ndarray], labels: np.ndarray, metric: st
     among MIX_SHARES that score best, and only when that strictly improves the metric; at most `max_steps`
     steps. (Caruana's own step, an equal vote per pick, is the share 1/(picks + 1); offering smaller shares
     from the start lets a weaker but different member in with a small weight.) The fit never scores below
-    the best member on these images."""
+    the best member on these images (multi-label: deciding at 0.5; `choose_weights` compares at fitted
+    thresholds)."""
     scores = [metrics.score(metric, p, labels) for p in probs]
     best = _best_index(metric, scores)
     weights = np.eye(len(probs))[best]
@@ -101,28 +101,47 @@ def fit_ensemble_weights(probs: list[np.ndarray], labels: np.ndarray, metric: st
 
 
 def bootstrap_win_rate(metric: str, probs_a: np.ndarray, probs_b: np.ndarray, labels: np.ndarray,
-                       resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> float:
+                       resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0, thresholds_a: np.ndarray | None = None,
+                       thresholds_b: np.ndarray | None = None) -> float:
     """The share of bootstrap resamples of the images (drawn with replacement, the same draw for both) on
-    which `probs_a` scores strictly better than `probs_b`: how sure a difference on these images is."""
+    which `probs_a` scores strictly better than `probs_b` (multi-label: deciding at `thresholds_a` and
+    `thresholds_b`): how sure a difference on these images is."""
     rng = np.random.default_rng(seed)
     wins = 0
     for _ in range(resamples):
         idx = rng.integers(0, len(labels), len(labels))
-        wins += metrics.better(metric, metrics.score(metric, probs_a[idx], labels[idx]),
-                               metrics.score(metric, probs_b[idx], labels[idx]))
+        wins += metrics.better(metric, metrics.score(metric, probs_a[idx], labels[idx], thresholds_a),
+                               metrics.score(metric, probs_b[idx], labels[idx], thresholds_b))
     return wins / resamples
 
 
-def _simple_choice(probs: list[np.ndarray], labels: np.ndarray, metric: str, scores: list[float]):
-    """(weights, choice, score, its name, how it compares) of the simple choice: equal weights when they score
+@dataclass
+class _Candidate:
+    """A blend of the members: its weights, its probabilities, and its score on the shared images at the
+    thresholds it would be submitted with (multi-label: fitted on these images; None for single-label)."""
+    weights: np.ndarray
+    probs: np.ndarray
+    score: float
+    thresholds: np.ndarray | None
+
+
+def _candidate(probs: list[np.ndarray], weights: np.ndarray, labels: np.ndarray, metric: str) -> _Candidate:
+    """The blend of `weights`, scored as it would be submitted: multi-label labels (N, C) decide with thresholds
+    fitted for it on these images (metrics.fit_thresholds), so candidates compare at their own thresholds."""
+    blended = blend(probs, weights)
+    thresholds = metrics.fit_thresholds(metric, blended, labels) if labels.ndim == 2 else None
+    return _Candidate(weights, blended, metrics.score(metric, blended, labels, thresholds), thresholds)
+
+
+def _simple_choice(probs: list[np.ndarray], labels: np.ndarray, metric: str, members: list[_Candidate]):
+    """(the candidate, its choice, its name, how it compares) of the simple choice: equal weights when they score
     at least the best member, else the best member alone."""
-    best = _best_index(metric, scores)
-    equal = equal_weights(len(probs))
-    equal_score = metrics.score(metric, blend(probs, equal), labels)
-    versus = f"equal weights score {equal_score:.4f}, the best member {scores[best]:.4f}"
-    if metrics.better(metric, scores[best], equal_score):
-        return np.eye(len(probs))[best], "best member", scores[best], "the best member alone", versus
-    return equal, "equal", equal_score, "equal weights", versus
+    best = members[_best_index(metric, [m.score for m in members])]
+    equal = _candidate(probs, equal_weights(len(probs)), labels, metric)
+    versus = f"equal weights score {equal.score:.4f}, the best member {best.score:.4f}"
+    if metrics.better(metric, best.score, equal.score):
+        return best, "best member", "the best member alone", versus
+    return equal, "equal", "equal weights", versus
 
 
 def choose_weights(probs: list[np.ndarray], labels: np.ndarray, metric: str) -> Weighting:
@@ -140,40 +159,41 @@ def choose_weights(probs: list[np.ndarray], labels: np.ndarray, metric: str) -> 
       bootstrap resamples of the images: for accuracy on 400 images, fixing 3 images net without breaking any
       passes, fixing one does not (it is not drawn in 37% of resamples);
     - at most MAX_FIT_STEPS (20) greedy steps, each mixing in a member with a share of 1/2, 1/3, 1/5 or 1/10.
-    Every choice scores at least the best member on these images. Multi-label labels (N, C): the weights are
-    chosen with decisions at 0.5, then the blend's thresholds fitted on these images (metrics.fit_thresholds)."""
+    Every choice scores at least the best member on these images. Multi-label labels (N, C): each member, equal
+    weights and the fitted weights are scored with thresholds fitted for them on these images (the greedy search
+    itself decides at 0.5), and the chosen blend keeps its thresholds: the comparison is at the thresholds
+    submitted."""
     n = len(labels)
-    scores = [metrics.score(metric, p, labels) for p in probs]
-    simple, simple_choice, simple_score, simple_name, versus = _simple_choice(probs, labels, metric, scores)
+    members = [_candidate(probs, np.eye(len(probs))[m], labels, metric) for m in range(len(probs))]
+    scores = [m.score for m in members]
+    simple, simple_choice, simple_name, versus = _simple_choice(probs, labels, metric, members)
 
-    def chosen(weights, choice, score, reason, warning="") -> Weighting:
-        thresholds = metrics.fit_thresholds(metric, blend(probs, weights), labels) if labels.ndim == 2 else None
-        return Weighting(weights, choice, reason, metric, n, scores, score, warning, thresholds)
+    def chosen(pick: _Candidate, choice, reason, warning="") -> Weighting:
+        return Weighting(pick.weights, choice, reason, metric, n, scores, pick.score, warning, pick.thresholds)
 
     if n < MIN_SHARED_IMAGES:
-        return chosen(simple, simple_choice, simple_score, f"{simple_name}, not fitted: {versus}",
+        return chosen(simple, simple_choice, f"{simple_name}, not fitted: {versus}",
                       f"WARNING: the members share only {n} validation images (fewer than {MIN_SHARED_IMAGES}): "
-                      f"{simple_name} by their scores there, which are uncertain: " + ", ".join(f"{s:.4f}" for s in scores)
-                      + " in the order given; check the ensemble on the test images' answers (a solution file) or on "
-                      "more validation images")
+                      f"{simple_name} by their scores there, which are uncertain: "
+                      + ", ".join(f"{s:.4f}" for s in scores) + " in the order given; check the ensemble on the "
+                      "test images' answers (a solution file) or on more validation images")
     if n < MIN_FIT_IMAGES:
-        return chosen(simple, simple_choice, simple_score,
+        return chosen(simple, simple_choice,
                       f"{simple_name}, not fitted: {n} shared validation images are too few to fit weights on "
                       f"(fewer than {MIN_FIT_IMAGES}); {versus}")
-    fitted = fit_ensemble_weights(probs, labels, metric)
-    fitted_probs = blend(probs, fitted)
-    fitted_score = metrics.score(metric, fitted_probs, labels)
-    if not metrics.better(metric, fitted_score, simple_score):
-        return chosen(simple, simple_choice, simple_score,
-                      f"{simple_name}: fitted weights score {fitted_score:.4f}, no better; {versus}")
-    wins = bootstrap_win_rate(metric, fitted_probs, blend(probs, simple), labels)
+    fitted = _candidate(probs, fit_ensemble_weights(probs, labels, metric), labels, metric)
+    if not metrics.better(metric, fitted.score, simple.score):
+        return chosen(simple, simple_choice,
+                      f"{simple_name}: fitted weights score {fitted.score:.4f}, no better; {versus}")
+    wins = bootstrap_win_rate(metric, fitted.probs, simple.probs, labels, thresholds_a=fitted.thresholds,
+                              thresholds_b=simple.thresholds)
     if wins < BOOTSTRAP_CONFIDENCE:
-        return chosen(simple, simple_choice, simple_score,
-                      f"{simple_name}: fitted weights score {fitted_score:.4f} but beat it in only {wins:.0%} of "
+        return chosen(simple, simple_choice,
+                      f"{simple_name}: fitted weights score {fitted.score:.4f} but beat it in only {wins:.0%} of "
                       f"{BOOTSTRAP_RESAMPLES} bootstrap resamples (< {BOOTSTRAP_CONFIDENCE:.0%}), within the noise; "
                       f"{versus}")
-    return chosen(fitted, "fitted", fitted_score,
-                  f"fitted (greedy selection), better than {simple_name} ({simple_score:.4f}) in {wins:.0%} of "
+    return chosen(fitted, "fitted",
+                  f"fitted (greedy selection), better than {simple_name} ({simple.score:.4f}) in {wins:.0%} of "
                   f"{BOOTSTRAP_RESAMPLES} bootstrap resamples; {versus}")
 
 
@@ -228,9 +248,7 @@ def training_images(data_dir: Path, config: dict) -> data.LabelledImages:
 def read_labels(texts: list[str], member: Member, where: str) -> np.ndarray:
     """Labels as CSVs write them (data.label_text) in the member's classes: (N,) class indices, or (N, C)
     multi-hot for a multi-label model."""
-    if member.spec.multi_label:
-        return data.parse_labels(texts, member.class_names, True, where)
-    return label_indices(texts, member.class_names, where)
+    return data.parse_labels(texts, member.class_names, member.spec.multi_label, where)
 
 
 def ensemble_thresholds(members: list[Member], weights: np.ndarray) -> np.ndarray | None:

@@ -38,10 +38,6 @@ def natural_key(text: str):
     return [(0, int(part), "") if part.isdigit() else (1, 0, part.lower()) for part in re.split(r"(\d+)", str(text))]
 
 
-def is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMG_EXTENSIONS
-
-
 def listing(items, limit=10) -> str:
     items = [str(i) for i in items]
     shown = "\n  ".join(items[:limit])
@@ -90,19 +86,32 @@ def _image_files(folder: Path, notes: list[str]) -> list[Path]:
     return [path for _, path in _scan_images(folder, notes)]
 
 
-def _pick_column(header: list[str], wanted: str | None, candidates, what: str, option: str, csv_path: Path) -> str:
-    """The column `wanted` (the value of the setting `option`), else the first of `candidates` in `header`."""
+def _pick_column(header: list[str], wanted: str | None, candidates, what: str, option: str, csv_path: Path,
+                 exclude: str | None = None) -> str:
+    """The column `wanted` (the value of the setting `option`), else the first of `candidates` in `header` other
+    than `exclude` (the column the other role took)."""
     if wanted is not None:
         if wanted not in header:
             raise DataError(f"{csv_path}: {wanted!r} is not a column; the columns are {header}", option=option,
                             fix=f"name the {what} column")
         return wanted
-    lower = {h.strip().lower(): h for h in header}
-    for name in candidates:
-        if name in lower:
-            return lower[name]
+    found = _present(header, candidates, exclude)
+    if found:
+        return found[0]
     raise DataError(f"{csv_path}: no {what} column found among {header}; expected one of {list(candidates)}",
                     option=option, fix="or name it")
+
+
+def _present(header: list[str], candidates, exclude: str | None = None) -> list[str]:
+    """The columns of `header` named as one of `candidates` (in any letter case), in the candidates' order."""
+    lower = {h.strip().lower(): h for h in header}
+    return [lower[name] for name in candidates if name in lower and lower[name] != exclude]
+
+
+def _repeats(table: CsvTable, column: str) -> bool:
+    """Whether some value of `column` is on two rows (ids are unique; a label's values repeat)."""
+    values = [value.strip() for value in table.column(column)]
+    return len(set(values)) < len(values)
 
 
 def find_labelled_images(root: str | Path, id_col: str | None = None, label_col: str | None = None,
@@ -349,15 +358,14 @@ def _read_train_csv(root: Path, csv_path: Path, train_dir, id_col, label_col, mu
     """The layout of a labels CSV: an id column, and a label column (class names or tag lists) or one-hot
     label columns; the images in the train folder."""
     table = read_csv(csv_path)
-    id_col = _pick_column(table.header, id_col, ID_COLUMNS, "id", "id_col", csv_path)
-    label_cols = _label_columns(table, id_col, label_col, csv_path)
+    id_col, label_cols, why = _columns(table, id_col, label_col, notes)
     image_dir = _train_folder(root, train_dir, csv_path)
     if not table.rows:
         raise DataError(f"{csv_path}: no rows")
     ids = table.column(id_col)
     if len(label_cols) == 1:
         labels, class_names, multi, kind = _labels_of_column(table, label_cols[0], ids, multi_label)
-        columns = f"{id_col} -> {label_cols[0]}"
+        columns = f"{id_col} -> {label_cols[0]}{why}"
     else:
         labels, class_names, multi, kind = _labels_of_one_hot(table, label_cols, ids, multi_label, notes)
         columns = f"{id_col} -> one-hot columns {', '.join(label_cols)}"
@@ -370,17 +378,49 @@ def _read_train_csv(root: Path, csv_path: Path, train_dir, id_col, label_col, mu
     return LabelledImages(files, labels, class_names, "csv", notes, multi, summary, csv_path, image_dir)
 
 
-def _label_columns(table: CsvTable, id_col: str, label_col: str | None, csv_path: Path) -> list[str]:
-    """[the label column] (named, or the first of LABEL_COLUMNS), else the one-hot label columns: every other
-    column, when there are two or more and they hold only 0 and 1."""
+def _columns(table: CsvTable, id_col: str | None, label_col: str | None,
+             notes: list[str]) -> tuple[str, list[str], str]:
+    """(the id column, the label columns, why the label column was taken when no name said so): an id is never a
+    label, so each role's column is left out of the other's candidates."""
+    if id_col is not None and id_col == label_col:
+        raise DataError(f"{table.path}: {id_col!r} is named as both the id column and the label column; an "
+                        "image's id cannot be its label", option="label_col", fix="name another label column")
+    if id_col is not None:
+        id_col = _pick_column(table.header, id_col, ID_COLUMNS, "id", "id_col", table.path)
+    else:
+        id_col = _id_column(table, label_col, notes)
+    return (id_col, *_label_columns(table, id_col, label_col))
+
+
+def _id_column(table: CsvTable, label_col: str | None, notes: list[str]) -> str:
+    """The first column named as ids are (not `label_col`) whose values are unique, else the first so named (its
+    duplicates are reported with their lines)."""
+    named = _present(table.header, ID_COLUMNS, label_col)
+    if not named:
+        return _pick_column(table.header, None, ID_COLUMNS, "id", "id_col", table.path, label_col)
+    unique = [name for name in named if not _repeats(table, name)]
+    if unique and unique[0] != named[0]:
+        skipped = ", ".join(name for name in named if name not in unique)
+        notes.append(f"{table.path.name}: the ids are taken from {unique[0]}, whose values are unique, not from "
+                     f"{skipped}, whose values repeat")
+    return unique[0] if unique else named[0]
+
+
+def _label_columns(table: CsvTable, id_col: str, label_col: str | None) -> tuple[list[str], str]:
+    """([the label column] (named, or the first of LABEL_COLUMNS), else the one-hot label columns: every other
+    column, when there are two or more and they hold only 0 and 1; else the one other column when its values
+    repeat) and, for that last, why it was taken."""
     try:
-        return [_pick_column(table.header, label_col, LABEL_COLUMNS, "label", "label_col", csv_path)]
+        return [_pick_column(table.header, label_col, LABEL_COLUMNS, "label", "label_col", table.path, id_col)], ""
     except DataError:
         others = [h for h in table.header if h != id_col]
-        if label_col is not None or len(others) < 2 or not all(
-                v.strip() in ONE_HOT_VALUES for name in others for v in table.column(name)):
+        if label_col is not None:
             raise
-        return others
+        if len(others) == 1 and _repeats(table, others[0]):
+            return others, ": the one column besides the ids, its values repeat"
+        if len(others) < 2 or not all(v.strip() in ONE_HOT_VALUES for name in others for v in table.column(name)):
+            raise
+        return others, ""
 
 
 def _labels_of_column(table: CsvTable, column: str, ids: list[str], multi_label: bool | None):

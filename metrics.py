@@ -68,11 +68,11 @@ def check_metric(metric: str, multi_label: bool | None = None) -> str:
     `multi_label=True`, also an error for a metric that needs single-label data."""
     if metric not in METRICS and not _MAP_AT_K.fullmatch(str(metric)):
         raise OptionError(f"unknown metric {metric!r}: choose one of {', '.join(METRICS)} or map@K (K >= 1, "
-                          "e.g. map@5)", option="metric")
+                          "e.g. map@5)", option="metric", value=metric or None)
     if multi_label and metric in _SINGLE_LABEL_ONLY:
         raise OptionError(f"{metric} scores one class per image and these labels are multi-label: choose one of "
                           f"{', '.join(m for m in METRICS if m not in _SINGLE_LABEL_ONLY)} or map@K",
-                          option="metric")
+                          option="metric", value=metric)
     return metric
 
 

@@ -14,11 +14,12 @@ model on labelled data. Everything about a model comes from its checkpoint; imag
     python predict.py runs/planet --data DIR --test-dir test-jpg                # a multi-label run: its tags
     python predict.py runs/whales --data DIR --top-k 5                          # the 5 most probable classes
 
-A run folder means its best.pt. With DIR/sample_submission.csv the submission keeps its header, its rows and
-their order (ids with or without the file extension); without one it lists every image of the test folder
-(DIR/test/ or DIR/test_images/, or --test-dir) in natural order under the header `id,label` (or what
---submission asks for). --eval writes no submission: it prints accuracy and per-class precision/recall and saves
-confusion_matrix.png and wrong.png (the most confidently wrong images) in the run folder of the first checkpoint.
+A run folder means its best.pt. With DIR/sample_submission.csv (else DIR's only sample_submission*.csv) the
+submission keeps its header, its rows and their order (ids with or without the file extension); without one it
+lists every image of the test folder (--test-dir, else the one the run was trained with --test-dir, else DIR/test/
+or DIR/test_images/) in natural order under the header `id,label` (or what --submission asks for). --eval
+writes no submission: it prints accuracy and per-class precision/recall and saves confusion_matrix.png and
+wrong.png (the most confidently wrong images) in the run folder of the first checkpoint.
 
 The submission's shape (--submission, default auto: read from the sample, the model and the metric; the log
 says which and why): labels (the class name), probs (one probability column per class, matched to the classes
@@ -63,7 +64,7 @@ from ensemble import (Weighting, are_folds, blend, choose_weights, ensemble_thre
                       validation_images)
 from errors import DataError, OptionError, UsageError, explain, flag
 from runtime import setup_runtime
-from submission import (SHAPES, Shape, choose_shape, find_test_index, read_sample, solution_images, submission_cells,
+from submission import (SHAPES, Shape, choose_shape, read_sample, sample_files, solution_images, submission_cells,
                         submission_rows, write_submission)
 
 log = logging.getLogger("imgcomp")
@@ -177,8 +178,9 @@ def member_probs(predictors: list[Predictor], files: list[Path], images: ImageCa
 
 def ensemble_probs(predictors: list[Predictor], files: list[Path], images: ImageCache, device: torch.device,
                    batch_size: int, tta: bool, weights: np.ndarray | None = None) -> np.ndarray:
-    """The ensemble's probabilities for `files`: the weighted mean of each model's softmax (equal weights by
-    default), each model at its own image size and channels; a model of weight 0 is not run."""
+    """The ensemble's probabilities for `files`: the weighted mean of each model's probabilities (softmax, or a
+    multi-label model's sigmoids; equal weights by default), each model at its own image size and channels; a
+    model of weight 0 is not run."""
     weights = equal_weights(len(predictors)) if weights is None else np.asarray(weights, dtype=np.float64)
     used = [(p, w) for p, w in zip(predictors, weights) if w > 0]
     return blend(member_probs([p for p, _ in used], files, images, device, batch_size, tta), [w for _, w in used])
@@ -259,11 +261,11 @@ def format_report(result: dict, class_names: list[str], what: str) -> str:
         lines.append(f"{result['metric']} {result['score']:.4f}")
     lines.append(f"{'class':<{width}}  precision  recall  support")
     for name, p, r, s in zip(class_names, result["precision"], result["recall"], result["support"]):
-        lines.append(f"{name:<{width}}  {_number(p):>9}  {_number(r):>6}  {s:7d}")
+        lines.append(f"{name:<{width}}  {_format_number(p):>9}  {_format_number(r):>6}  {s:7d}")
     return "\n".join(lines)
 
 
-def _number(value: float) -> str:
+def _format_number(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value:.4f}"  # precision of a class never predicted
 
 
@@ -288,10 +290,10 @@ def plan_submission(args, predictors: list[Predictor], metric: str) -> Submissio
     check_label_kind(predictors, data_dir)
     sample = read_sample(data_dir)
     shape = choose_shape(sample, first.class_names, first.multi_label, metric, args.submission, args.top_k)
-    log.info("submission: %s (%s)", shape.kind, shape.reason)
+    log.info("submission: %s", describe_shape(shape))
     if shape.warning:
-        log.warning("%s", shape.warning)
-    index = find_test_index(data_dir, args.test_dir)
+        log.warning("%s", shape_warning(shape))
+    index = index_test(args, predictors)
     ids, files = submission_rows(index, sample, shape.header)
     if not args.solution:
         return SubmissionPlan(shape, ids, files)
@@ -301,6 +303,38 @@ def plan_submission(args, predictors: list[Predictor], metric: str) -> Submissio
         raise DataError(f"{args.solution}: {len(missing)} image(s) are not in the submission:"
                         f"{data.listing(missing, 5)}")
     return SubmissionPlan(shape, ids, files, answers)
+
+
+def describe_shape(shape: Shape) -> str:
+    """The shape and why, for the log, with the flag that chose it: "topk (--top-k 2: the 2 most probable ...)"."""
+    if shape.chosen_by:
+        option, value = shape.chosen_by
+        return f"{shape.kind} ({flag(option)} {value}: {shape.reason})"
+    return f"{shape.kind} ({shape.reason})"
+
+
+def shape_warning(shape: Shape) -> str:
+    """The shape's warning followed by its advice, each fix with its flag (spelled as errors.explain does)."""
+    fixes = [fix.replace("{flag}", flag(option)) if "{flag}" in fix else f"{fix} with {flag(option)}"
+             for option, fix in shape.advice]
+    return f"{shape.warning}; {', or '.join(fixes)}" if fixes else shape.warning
+
+
+def index_test(args, predictors: list[Predictor]) -> data.FileIndex:
+    """The test images: --test-dir, else the folder the first model's run was given (its config's test_dir), else
+    the data folder's test/ or test_images/; a folder named resolves as data.find_test_folder does (inside the data
+    folder first, else from the working folder)."""
+    data_dir, first = Path(args.data), predictors[0]
+    own = first.checkpoint["config"].get("test_dir") or None
+    if args.test_dir or not own:
+        return data.index_test_images(data_dir, args.test_dir)
+    try:
+        folder = data.find_test_folder(data_dir, own)
+    except DataError:
+        raise DataError(f"the run of {first.path} took its test images from {own}, which is neither in {data_dir} "
+                        "nor in the working folder: name the test images' folder with --test-dir") from None
+    log.info("test images: %s (the run's --test-dir)", folder)
+    return data.index_test_images(data_dir, own)
 
 
 def check_label_kind(predictors: list[Predictor], data_dir: Path):
@@ -379,7 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run folders (their best.pt) or checkpoint files; several make an ensemble")
     parser.add_argument("--data", required=True, help="dataset folder (test/ or test_images/, sample_submission.csv)")
     parser.add_argument("--test-dir", default=None, metavar="DIR",
-                        help="the test images' folder (in --data, or from here; default: test/, else test_images/)")
+                        help="the test images' folder (in --data, or from here; default: the run's --test-dir, else "
+                             "test/, else test_images/)")
     parser.add_argument("--out", default=None, help="submission file to write (default: submission.csv)")
     parser.add_argument("--tta", action="store_true", help="average with horizontally flipped images "
                                                             "(models trained with flips)")
@@ -423,7 +458,7 @@ def run_eval(args, predictors: list[Predictor], images: ImageCache, device: torc
     data_dir, first = Path(args.data), predictors[0]
     class_names = first.class_names
     if args.solution:
-        index = find_test_index(data_dir, args.test_dir)
+        index = index_test(args, predictors)
         files, labels = solution_images(Path(args.solution), index, class_names, first.multi_label)
         what = f"{args.solution}"
     else:
@@ -482,17 +517,35 @@ def run_metric(args, predictors: list[Predictor]) -> str:
                         f"know: choose one with --metric ({', '.join(metrics.METRICS)} or map@K)") from None
 
 
-def check_outputs(args):
-    """Refuse an output that would destroy an input of this command (a checkpoint, the dataset's files, the
-    sample or the solution), the other output, a folder, or a file a CSV never is: before anything is written."""
+def protected_inputs(args, predictors: list[Predictor]) -> tuple[dict[Path, str], list[Path]]:
+    """({file: what it is}, image folders) that this command reads: the checkpoints, the dataset's labels (the
+    runs' own labels file too), its samples, the solution; the image folders of the dataset and the runs
+    (train_dir, test_dir), and --test-dir. A folder or file a run or option names resolves as the data layer
+    resolves it: inside the data folder when it is there, else as given."""
     data_dir = Path(args.data)
-    inputs = {Path(c if not Path(c).is_dir() else Path(c) / "best.pt"): "a checkpoint" for c in args.checkpoints}
+    configs = [p.checkpoint["config"] for p in predictors]
+    inputs = {p.path: "a checkpoint" for p in predictors}
     inputs.update({data_dir / name: "the training labels" for name in data.LABEL_FILES})
-    inputs.update({data_dir / "sample_submission.csv": "the sample",
-                   **({Path(args.solution): "--solution"} if args.solution else {})})
+    inputs.update({_in_data(data_dir, c["labels"]): "the training labels" for c in configs if c.get("labels")})
+    inputs.update({path: "the sample" for path in [data_dir / "sample_submission.csv", *sample_files(data_dir)]})
+    if args.solution:
+        inputs[Path(args.solution)] = "--solution"
     image_dirs = [data_dir / d for d in (*data.TRAIN_DIRS, *data.TEST_DIRS)]
-    if args.test_dir:
-        image_dirs += [data_dir / args.test_dir, Path(args.test_dir)]
+    named = [args.test_dir, *(c.get(key) for c in configs for key in ("train_dir", "test_dir"))]
+    image_dirs += [_in_data(data_dir, folder) for folder in named if folder]
+    return inputs, image_dirs
+
+
+def _in_data(data_dir: Path, given: str | Path) -> Path:
+    path = Path(given)
+    return data_dir / path if not path.is_absolute() and (data_dir / path).exists() else path
+
+
+def check_outputs(args, predictors: list[Predictor]):
+    """Refuse an output that would destroy an input of this command (`protected_inputs`: a checkpoint, the
+    dataset's files, the sample or the solution), the other output, a folder, or a file a CSV never is: before
+    anything is written."""
+    inputs, image_dirs = protected_inputs(args, predictors)
     outputs = [(name, Path(value)) for name, value in (("--out", args.out or "submission.csv"), ("--probs", args.probs))
                if value]
     for name, path in outputs:
@@ -528,10 +581,10 @@ def main(argv=None):
             raise DataError(f"--batch-size must be at least 1, got {args.batch_size}")
         if not Path(args.data).is_dir():
             raise DataError(f"dataset folder {args.data} does not exist")
-        if not args.eval:
-            check_outputs(args)
         device = setup_runtime(args.device).device
         predictors = load_models(args.checkpoints, device)
+        if not args.eval:
+            check_outputs(args, predictors)
         metric = run_metric(args, predictors)
         plan = None if args.eval else plan_submission(args, predictors, metric)  # refused before a model runs
         images = ImageCache(data.cache_dir_for(args.data, args.cache_dir or None), args.progress)

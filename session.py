@@ -89,6 +89,7 @@ class TrainData:
     train_idx: np.ndarray
     val_idx: np.ndarray
     multi_label: bool = False
+    skipped: dict[int, str] = field(default_factory=dict)  # --skip-bad: the unreadable images left out, and why
 
 
 @dataclass
@@ -206,8 +207,9 @@ def check_same_data(resume: dict, train_data: TrainData, config: TrainConfig, ke
         log.warning("--allow-data-change: the dataset changed since the run began; continuing on the new split")
 
 
-def load_train_data(config: TrainConfig, rt: Runtime, run_dir: Path) -> TrainData:
-    """Find, decode (once, cached) and split the training images; with --skip-bad, leave out unreadable ones."""
+def load_train_data(config: TrainConfig, rt: Runtime) -> TrainData:
+    """Find, decode (once, cached) and split the training images; with --skip-bad, leave out unreadable ones
+    (`skipped`: recorded in the run's folder once the session is set up)."""
     found = data.find_labelled_images(config.data, config.id_col or None, config.label_col or None,
                                       config.labels or None, config.train_dir or None, config.multi_label)
     if rt.is_main:
@@ -231,22 +233,17 @@ def load_train_data(config: TrainConfig, rt: Runtime, run_dir: Path) -> TrainDat
     if images.bad:
         train_idx = np.setdiff1d(train_idx, list(images.bad))
         val_idx = np.setdiff1d(val_idx, list(images.bad))
-        if rt.is_main:
-            record_skipped(run_dir, images.files, images.bad)
     if len(train_idx) < 2:
         raise DataError(f"only {len(train_idx)} training image(s) after the validation split")
     return TrainData(images.pixels, found.labels, found.files, found.class_names, train_idx, val_idx,
-                     found.multi_label)
+                     found.multi_label, dict(images.bad))
 
 
 def check_labels_fit(config: TrainConfig, multi_label: bool):
     """The options that need single-label data (--balance sampler, a metric of one class per image), refused
     before any image is decoded when the labels found are multi-label."""
     data.check_balance(config.balance, multi_label)
-    try:
-        metrics.check_metric(config.metric, multi_label)
-    except OptionError as e:
-        raise OptionError(f"--metric: {e}") from None
+    metrics.check_metric(config.metric, multi_label)
 
 
 def record_skipped(run_dir: Path, files: list, bad: dict[int, str]):
@@ -405,7 +402,7 @@ def prepare_session(config: TrainConfig, rt: Runtime, run_dir: Path | None = Non
     resume = load_checkpoint(Path(config.resume) / "last.pt") if config.resume else None
     run_dir = run_dir or run_dir_for(config)
     config = dataclasses.replace(config, name=run_dir.name)  # the name config.json and the checkpoints record
-    train_data = load_train_data(config, rt, run_dir)
+    train_data = load_train_data(config, rt)
     channels = int(train_data.pixels.shape[1])
     key = dataset_key(train_data, config.data)
     if resume:
@@ -428,6 +425,8 @@ def prepare_session(config: TrainConfig, rt: Runtime, run_dir: Path | None = Non
     s = assemble_session(config, rt, run_dir, train_data, spec, model, key)
     if resume:
         restore_run(s, resume)
+    if train_data.skipped and rt.is_main:  # only now: a refused resume leaves the run's files as they were
+        record_skipped(run_dir, train_data.files, train_data.skipped)
     return s, resume, choice
 
 

@@ -1,11 +1,11 @@
 """The submission's rows and shape: the sample submission (its rows, its order, its header), the shape it asks
 for, writing a submission that reads back as intended, and the answers of a solution file.
 
-    sample = read_sample(data_dir)                             # None without DIR/sample_submission.csv
+    sample = read_sample(data_dir)                  # None without DIR/sample_submission.csv (or its one variant)
     shape = choose_shape(sample, class_names, multi_label, "roc_auc")   # shape.kind, shape.reason
-    ids, files = submission_rows(find_test_index(data_dir), sample)  # the rows, in the sample's order
+    ids, files = submission_rows(data.index_test_images(data_dir), sample)  # the rows, in the sample's order
     write_submission(path, shape.header, ids, submission_cells(shape, probs, class_names), class_names, shape)
-    score_submission("submission.csv", "solution.csv")          # a labels submission's accuracy, rows by id
+    submission_accuracy("submission.csv", "solution.csv")     # a labels submission's accuracy, rows by id
 
 The shapes (SHAPES), each a header of the id and:
 - labels: one column of class names (the most probable class);
@@ -21,19 +21,20 @@ import logging
 import math
 import os
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 import data
 import metrics
-from errors import DataError, OptionError, flag
+from errors import DataError, OptionError
 from fileio import atomic_write
 
 log = logging.getLogger("imgcomp")
 
 SHAPES = ("labels", "probs", "score", "tags", "topk")
+SAMPLE_FILE = "sample_submission.csv"
 DEFAULT_HEADER = ["id", "label"]
 # The prediction column's name without a sample (probs: the class names).
 DEFAULT_COLUMN = {"labels": "label", "score": "target", "tags": "tags", "topk": "label"}
@@ -63,21 +64,40 @@ def values_of(table: data.CsvTable) -> list[str]:
 # The rows
 # ----------------------------------------------------------------------------------------------
 
+def sample_files(data_dir: Path) -> list[Path]:
+    """The files of `data_dir` that may be its sample: sample_submission*.csv (any letter case), natural order."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        return []
+    stem = SAMPLE_FILE[:-len(".csv")]
+    return sorted((p for p in data_dir.iterdir() if p.is_file() and p.suffix.lower() == ".csv"
+                   and p.name.lower().startswith(stem)), key=lambda p: data.natural_key(p.name))
+
+
+def find_sample(data_dir: Path) -> Path | None:
+    """DIR/sample_submission.csv, else the only sample_submission*.csv of DIR (planet's sample_submission_v2.csv);
+    None when there is none, an error listing them when there are several."""
+    path = Path(data_dir) / SAMPLE_FILE
+    if path.is_file():
+        return path
+    found = sample_files(data_dir)
+    if len(found) > 1:
+        raise DataError(f"{data_dir} has no {SAMPLE_FILE} and {len(found)} files that may be the sample:"
+                        f"{data.listing([p.name for p in found])}\nkeep the competition's one (or name it "
+                        f"{SAMPLE_FILE})")
+    return found[0] if found else None
+
+
 def read_sample(data_dir: Path) -> data.CsvTable | None:
-    """DIR/sample_submission.csv, or None when there is none."""
-    path = Path(data_dir) / "sample_submission.csv"
-    if not path.is_file():
+    """The sample (`find_sample`), or None when there is none."""
+    path = find_sample(data_dir)
+    if path is None:
         return None
     sample = read_id_csv(path)
     if not sample.rows:
         raise DataError(f"{path}: no rows")
+    log.info("sample submission: %s (%d rows, header %s)", path, len(sample.rows), ",".join(sample.header))
     return sample
-
-
-def find_test_index(data_dir: Path, test_dir: str | Path | None = None) -> data.FileIndex:
-    """The test images (DIR/test/, DIR/test_images/, or `test_dir`), indexed by id; a clear error when the
-    folder is missing or empty."""
-    return data.index_test_images(data_dir, test_dir)
 
 
 def submission_rows(index: data.FileIndex, sample: data.CsvTable | None = None,
@@ -105,9 +125,11 @@ def submission_rows(index: data.FileIndex, sample: data.CsvTable | None = None,
 @dataclass
 class Shape:
     """What the submission holds after the id (`kind`, one of SHAPES), its header, and why (`reason`, for the
-    log). `columns`: for probs, the class index of each column after the id, in the header's order;
-    `positive`: for score, the class whose probability is written; `top_k`: for topk, K. `warning`: a choice
-    that may cost score, for the log."""
+    log; `chosen_by`: the (option, value) that chose it, when one did). `columns`: for probs, the class index of
+    each column after the id, in the header's order; `positive`: for score, the class whose probability is
+    written; `top_k`: for topk, K. `warning`: a choice that may cost score, for the log, and `advice`: what would
+    change it, as (option, what to do with it) pairs (errors.UsageError's option and fix; the command line spells
+    the flags)."""
     kind: str
     header: list[str]
     reason: str
@@ -116,6 +138,8 @@ class Shape:
     positive: int | None = None
     top_k: int | None = None
     warning: str = ""
+    chosen_by: tuple[str, object] | None = None
+    advice: list[tuple[str, str]] = field(default_factory=list)
 
 
 def choose_shape(sample: data.CsvTable | None, class_names: list[str], multi_label: bool, metric: str,
@@ -130,12 +154,12 @@ def choose_shape(sample: data.CsvTable | None, class_names: list[str], multi_lab
     if top_k is not None and top_k < 1:
         raise OptionError(f"K must be at least 1, got {top_k}", option="top_k")
     if top_k is not None and requested not in ("auto", "topk"):
-        raise OptionError(f"{flag('top_k')} {top_k} writes the K most probable classes (topk), not {requested}",
-                          option="submission", fix="choose {flag} topk, or leave it out")
+        raise OptionError(f"writes the K most probable classes (the topk shape), not {requested}", option="top_k",
+                          value=top_k, fix="leave {flag} out, or ask for the topk shape")
     k = top_k or metrics.top_k(metric)
-    kind, reason = _pick_kind(sample, class_names, multi_label, metric, requested, top_k, k)
+    kind, reason, chosen_by = _pick_kind(sample, class_names, multi_label, metric, requested, top_k, k)
     _check_fit(kind, sample, class_names, multi_label, k)
-    shape = Shape(kind, _header(kind, sample, class_names), reason, multi_label)
+    shape = Shape(kind, _header(kind, sample, class_names), reason, multi_label, chosen_by=chosen_by)
     if kind == "probs":
         shape.columns = match_columns(shape.header[1:], class_names, sample.path if sample else "the submission")
     elif kind == "score":
@@ -145,33 +169,56 @@ def choose_shape(sample: data.CsvTable | None, class_names: list[str], multi_lab
         shape.top_k = min(k, len(class_names))
         if k > len(class_names):
             shape.reason += f" (all {len(class_names)}: the model has no more classes)"
-    shape.warning = _warning(shape, sample, class_names, metric)
+    shape.warning, shape.advice = _warning(shape, sample, class_names, metric)
     return shape
 
 
-def _pick_kind(sample, class_names, multi_label, metric, requested, top_k, k) -> tuple[str, str]:
-    """(shape, why) for `requested`, or read from the sample, the model and the metric."""
+def _pick_kind(sample, class_names, multi_label, metric, requested, top_k, k) -> tuple[str, str, tuple | None]:
+    """(shape, why, the (option, value) that chose it) for `requested`, or read from the sample, the model and
+    the metric."""
     if requested != "auto":
-        return requested, f"{flag('submission')} {requested}"
+        return requested, "asked for", ("submission", requested)
     if top_k:
-        return "topk", f"{flag('top_k')} {top_k}: the {top_k} most probable classes"
+        return "topk", f"the {top_k} most probable classes", ("top_k", top_k)
     if k:
-        return "topk", f"the metric {metric} scores the {k} most probable classes"
+        return "topk", f"the metric {metric} scores the {k} most probable classes", None
     if sample is not None and len(sample.header) > 2:
-        return "probs", f"{sample.path} has {len(sample.header) - 1} prediction columns: one probability per class"
+        return "probs", (f"{sample.path} has {len(sample.header) - 1} prediction columns: one probability per "
+                         "class"), None
     if multi_label:
-        return "tags", "the model is multi-label: its tags over their thresholds"
+        return "tags", "the model is multi-label: its tags over their thresholds", None
     binary, needs_score = len(class_names) == 2, metrics.needs_score(metric)
-    if binary and needs_score:
-        return "score", f"the metric {metric} scores the probability of a binary model"
     if sample is None:
+        if binary and needs_score:
+            return "score", f"the metric {metric} scores the probability of a binary model", None
         if needs_score:
-            return "probs", f"no sample, and the metric {metric} scores probabilities"
-        return "labels", "no sample: the most probable class"
+            return "probs", f"no sample, and the metric {metric} scores probabilities", None
+        return "labels", "no sample: the most probable class", None
+    values = _value_kind(sample, class_names)
+    if binary and needs_score:  # a sample of class names wins over the metric
+        if values == "names":
+            return "labels", (f"{sample.path}'s values are class names (line {sample.lines[0]}: "
+                              f"{values_of(sample)[0]!r}): the most probable class"), None
+        return "score", f"the metric {metric} scores the probability of a binary model", None
     fraction = _first_fraction(sample)
     if binary and fraction:
-        return "score", f"{sample.path}'s values are fractional ({fraction}): a probability"
-    return "labels", f"{sample.path} has one prediction column: the most probable class"
+        return "score", f"{sample.path}'s values are fractional ({fraction}): a probability", None
+    if binary and values == "numbers":
+        return "score", (f"the sample's values are numbers, not class names ({sample.path} line {sample.lines[0]}: "
+                         f"{values_of(sample)[0]!r}): a probability"), None
+    return "labels", f"{sample.path} has one prediction column: the most probable class", None
+
+
+def _value_kind(sample, class_names: list[str]) -> str:
+    """What the values of a one-column sample are: "names" (class names, not all of them numbers), "numeric
+    names" (numbers that are class names, as 0/1 of classes "0" and "1"), "numbers" (none a class name), or
+    "other"."""
+    values = [v.strip() for v in values_of(sample)]
+    numbers = all(_parse_number(v) is not None for v in values)
+    named = [v in set(class_names) for v in values]
+    if all(named):
+        return "numeric names" if numbers else "names"
+    return "numbers" if numbers and not any(named) else "other"
 
 
 def _check_fit(kind: str, sample, class_names: list[str], multi_label: bool, k: int | None):
@@ -190,8 +237,8 @@ def _check_fit(kind: str, sample, class_names: list[str], multi_label: bool, k: 
         raise DataError(f"a score is the probability of the positive class of a binary model, and the model has "
                         f"{len(class_names)} classes", option="submission", fix="choose labels or probs")
     if kind == "tags" and not multi_label:
-        raise DataError("the model is single-label: tags are the decisions of a multi-label model (trained with "
-                        f"{flag('multi_label')})", option="submission", fix="choose labels")
+        raise DataError("the model is single-label: tags are the decisions of a multi-label model (one trained on "
+                        "tag lists)", option="submission", fix="choose labels")
     if kind == "topk" and not k:
         raise OptionError("the topk shape needs K", option="top_k", fix="give it")
     spaced = [c for c in class_names if len(c.split()) != 1]
@@ -202,15 +249,20 @@ def _check_fit(kind: str, sample, class_names: list[str], multi_label: bool, k: 
 
 
 def _check_sample_values(kind: str, sample, class_names: list[str], multi_label: bool):
-    """The sample's values that tell of another competition: fractions for a model of more classes than two,
-    numbers for a multi-label model, lists of classes for a single-label one."""
+    """The sample's values that tell of another competition: fractions, or numbers that are no class, for a
+    model of more classes than two; numbers for a multi-label model; lists of classes for a single-label one."""
     fraction = _first_fraction(sample)
     if fraction and kind == "labels":
         raise DataError(f"{sample.path} fits no shape of this model: its values are fractional ({fraction}), a "
                         f"probability, which one column holds only for a binary model; the model has "
                         f"{len(class_names)} classes")
+    if kind == "labels" and len(class_names) != 2 and _value_kind(sample, class_names) == "numbers":
+        raise DataError(f"{sample.path} fits no shape of this model: its values are numbers, not class names (line "
+                        f"{sample.lines[0]}: {values_of(sample)[0]!r}); one number per image is the probability of "
+                        f"a binary model's positive class, and the model has {len(class_names)} classes "
+                        f"({', '.join(class_names[:5])}{', ...' if len(class_names) > 5 else ''})")
     names = set(class_names)
-    numbers = [v for v in values_of(sample) if _number(v) is not None and v.strip() not in names]
+    numbers = [v for v in values_of(sample) if _parse_number(v) is not None and v.strip() not in names]
     if kind == "tags" and len(numbers) == len(sample.rows):
         raise DataError(f"{sample.path}: its values are numbers (line {sample.lines[0]}: {numbers[0]!r}), not tags: "
                         "the competition is not a multi-label one, and the model is multi-label")
@@ -218,21 +270,21 @@ def _check_sample_values(kind: str, sample, class_names: list[str], multi_label:
         tokens = value.split()
         if not multi_label and value.strip() not in names and len(tokens) > 1 and set(tokens) <= names:
             raise DataError(f"{sample.path} line {line}: {value!r} is a list of classes, as in a multi-label "
-                            "competition, and the model is single-label: train it with "
-                            f"{flag('multi_label')}, or write the K most probable classes with {flag('top_k')} K")
+                            "competition, and the model is single-label", option="multi_label",
+                            fix="train it with {flag}, or write its K most probable classes (the topk shape)")
 
 
 def _first_fraction(sample) -> str | None:
     """'line N: value' of the first fractional value when every value of the sample's column is a number and
     one of them is not 0 or 1, else None."""
-    numbers = [_number(v) for v in values_of(sample)]
+    numbers = [_parse_number(v) for v in values_of(sample)]
     if any(x is None for x in numbers):
         return None
     return next((f"line {line}: {v!r}" for x, v, line in zip(numbers, values_of(sample), sample.lines)
                  if x not in (0.0, 1.0)), None)
 
 
-def _number(text: str) -> float | None:
+def _parse_number(text: str) -> float | None:
     try:
         value = float(text)
     except ValueError:
@@ -246,18 +298,29 @@ def _header(kind: str, sample, class_names: list[str]) -> list[str]:
     return ["id", *class_names] if kind == "probs" else ["id", DEFAULT_COLUMN[kind]]
 
 
-def _warning(shape: Shape, sample, class_names: list[str], metric: str) -> str:
-    """Hard labels where the competition probably scores a probability."""
+def _warning(shape: Shape, sample, class_names: list[str], metric: str) -> tuple[str, list[tuple[str, str]]]:
+    """(warning, advice) for hard labels where the competition probably scores a probability."""
     if shape.kind != "labels":
-        return ""
-    if len(class_names) == 2 and sample is not None and all(_number(v) in (0.0, 1.0) for v in values_of(sample)):
-        return (f"WARNING: {sample.path} holds 0/1 numbers and the submission holds hard labels: a metric that "
-                f"scores a probability (roc_auc, log_loss) needs {flag('submission')} score (or {flag('metric')} "
-                "roc_auc)")
+        return "", []
+    score = ("submission", "write the positive class's probability with {flag} score")
+    if len(class_names) == 2 and sample is not None:
+        values = _value_kind(sample, class_names)
+        if values == "numbers":
+            return (f"WARNING: {sample.path}'s values are numbers, not class names, and the submission holds class "
+                    "names", [score])
+        if all(_parse_number(v) in (0.0, 1.0) for v in values_of(sample)):
+            return (f"WARNING: {sample.path} holds 0/1 numbers and the submission holds hard labels: a metric that "
+                    "scores a probability (roc_auc, log_loss) needs the positive class's probability",
+                    [score, ("metric", "name such a metric with {flag} roc_auc")])
+        if values == "names" and metrics.needs_score(metric):
+            return (f"WARNING: the metric {metric} scores probabilities, and {sample.path} asks for class names "
+                    f"(line {sample.lines[0]}: {values_of(sample)[0]!r}): the submission holds them",
+                    [("submission", "if the competition takes a probability, write the positive class's with "
+                                    "{flag} score")])
     if metrics.needs_score(metric):
         return (f"WARNING: the metric {metric} scores probabilities, and the submission holds hard labels (the "
-                "sample has one prediction column): a sample of one column per class would get them")
-    return ""
+                "sample has one prediction column): a sample of one column per class would get them"), []
+    return "", []
 
 
 def match_columns(columns: list[str], class_names: list[str], where) -> list[int]:
@@ -335,7 +398,7 @@ def check_submission(table: data.CsvTable, header: list[str], ids: list[str], cl
 
 def _check_probabilities(table: data.CsvTable, sums_to_one: bool):
     for row, line in zip(table.rows, table.lines):
-        values = [_number(v) for v in row[1:]]
+        values = [_parse_number(v) for v in row[1:]]
         bad = [(c, v) for c, v, x in zip(table.header[1:], row[1:], values) if x is None or not 0 <= x <= 1]
         if bad:
             raise DataError(f"{table.path} line {line}: column {bad[0][0]!r} holds {bad[0][1]!r}, not a probability")
@@ -379,7 +442,7 @@ def write_submission(path: Path, header: list[str], ids: list[str], predictions:
 # Solutions
 # ----------------------------------------------------------------------------------------------
 
-def score_submission(submission_csv: str | Path, solution_csv: str | Path) -> float:
+def submission_accuracy(submission_csv: str | Path, solution_csv: str | Path) -> float:
     """Accuracy of a labels submission against a solution CSV (id, label), matching rows by id."""
     sub, sol = read_id_csv(submission_csv), read_id_csv(solution_csv)
     predicted = {}
@@ -408,26 +471,27 @@ def solution_images(solution: Path, index: data.FileIndex | Path, class_names: l
     if not table.rows:
         raise DataError(f"{solution}: no rows")
     if not isinstance(index, data.FileIndex):
-        index = find_test_index(index)
+        index = data.index_test_images(index)
     files = data.match_ids(ids_of(table), table.lines, index, solution)
     if len(table.header) > 2:
         return files, _one_hot_answers(table, class_names, multi_label)
     values = [v.strip() for v in values_of(table)]
     if multi_label:
         return files, data.parse_labels(values, class_names, True, Path(solution), table.lines)
-    if len(class_names) == 2 and not set(values) <= set(class_names) and all(_number(v) is not None for v in values):
+    if len(class_names) == 2 and not set(values) <= set(class_names) and \
+            all(_parse_number(v) is not None for v in values):
         return files, _binary_targets(table, values, class_names)
-    return files, label_indices(values, class_names, str(solution), table.lines)
+    return files, data.parse_labels(values, class_names, False, Path(solution), table.lines)
 
 
 def _binary_targets(table: data.CsvTable, values: list[str], class_names: list[str]) -> np.ndarray:
     """0/1 targets of a binary model as class indices: 1 is the positive class."""
     positive = metrics.positive_class(class_names)
     for value, line in zip(values, table.lines):
-        if _number(value) not in (0.0, 1.0):
+        if _parse_number(value) not in (0.0, 1.0):
             raise DataError(f"{table.path} line {line}: target {value!r} is neither 0 nor 1 (the targets of a binary "
                             f"model; 1 is its positive class {class_names[positive]!r})")
-    return np.array([positive if _number(v) == 1 else 1 - positive for v in values], dtype=np.int64)
+    return np.array([positive if _parse_number(v) == 1 else 1 - positive for v in values], dtype=np.int64)
 
 
 def _one_hot_answers(table: data.CsvTable, class_names: list[str], multi_label: bool) -> np.ndarray:
@@ -436,20 +500,11 @@ def _one_hot_answers(table: data.CsvTable, class_names: list[str], multi_label: 
     hot = np.zeros((len(table.rows), len(class_names)), dtype=np.uint8)
     for r, (row, line) in enumerate(zip(table.rows, table.lines)):
         for column, k, value in zip(table.header[1:], columns, row[1:]):
-            if _number(value) not in (0.0, 1.0):
+            if _parse_number(value) not in (0.0, 1.0):
                 raise DataError(f"{table.path} line {line}: column {column!r} holds {value!r}, not 0 or 1")
-            hot[r, k] = _number(value) == 1
+            hot[r, k] = _parse_number(value) == 1
         if not multi_label and hot[r].sum() != 1:
             raise DataError(f"{table.path} line {line}: {int(hot[r].sum())} columns hold 1; one-hot answers of a "
                             "single-label model have exactly one")
     return hot if multi_label else hot.argmax(1).astype(np.int64)
 
-
-def label_indices(names: list[str], class_names: list[str], where: str, lines=None) -> np.ndarray:
-    """Class names -> indices into the model's `class_names`; a name the model never saw is an error."""
-    index = {name: i for i, name in enumerate(class_names)}
-    unknown = [f"line {lines[k]}: {n!r}" if lines else repr(n) for k, n in enumerate(names) if n not in index]
-    if unknown:
-        raise DataError(f"{where}: {len(unknown)} label(s) are not among the model's classes {class_names}:"
-                        f"{data.listing(unknown)}")
-    return np.array([index[n] for n in names], dtype=np.int64)

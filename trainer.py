@@ -31,7 +31,7 @@ from tqdm import tqdm
 import data
 import metrics
 import runs
-from checkpoint import save_checkpoint
+from checkpoint import load_checkpoint, save_checkpoint
 from config import TrainConfig, build_parser, default_run_name, parse_config, save_config, script_name
 from errors import DataError, UsageError, explain
 from fileio import atomic_write_text
@@ -244,7 +244,8 @@ def evaluate(s: Session, indices: np.ndarray) -> dict:
     return {"loss": loss, "indices": idx, "probs": probs, **scores(s.config.metric, probs, s.data.labels[idx])}
 
 
-# Kaggle clips probabilities at 1e-15: a tag's log(1 - p) is no lower, once p rounds to 1.
+# Kaggle clips probabilities to [1e-15, 1 - 1e-15] (as metrics.log_loss does): a tag's log p and log(1 - p) are
+# no lower, so one confident miss costs a bounded loss.
 LOG_EPS = math.log(1e-15)
 
 
@@ -256,7 +257,7 @@ def summed_loss(log_probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.nll_loss(log_probs, labels, reduction="sum").double()
     y = labels.to(log_probs.dtype)
     log_not = torch.log(-torch.expm1(log_probs)).clamp_min(LOG_EPS)  # log(1 - p) from log p
-    return -(y * log_probs + (1 - y) * log_not).mean(1).sum().double()
+    return -(y * log_probs.clamp_min(LOG_EPS) + (1 - y) * log_not).mean(1).sum().double()
 
 
 def scores(metric: str, probs: np.ndarray, labels: np.ndarray) -> dict:
@@ -555,7 +556,7 @@ def collect_out_of_fold(runs_dir: Path, base: str, folds: int, metric: str) -> P
     files, labels, probs = [files[i] for i in order], [labels[i] for i in order], np.array([probs[i] for i in order])
     out = runs_dir / f"{base}-oof.csv"
     runs.write_predictions(out, files, labels, probs, names)
-    multi_label = bool((runs.read_run_info(runs_dir / fold_name(base, 1)) or {}).get("multi_label", False))
+    multi_label = folds_multi_label(runs_dir, base, folds)
     truth = parse_labels(labels, names, multi_label, out, list(range(2, len(labels) + 2)))
     thresholds = metrics.fit_thresholds(metric, probs, truth) if multi_label else None
     oof = metrics.score(metric, probs, truth, thresholds)
@@ -585,6 +586,19 @@ def read_folds(runs_dir: Path, base: str, folds: int) -> tuple[list[str], list[s
     if len(set(files)) != len(files):
         raise DataError(f"the folds of {base} hold out overlapping images: were they trained with different --seed?")
     return files, labels, probs, names
+
+
+def folds_multi_label(runs_dir: Path, base: str, folds: int) -> bool:
+    """Whether the folds of `base` predict tags (multi-label), as each fold's best.pt says; they must agree."""
+    kinds = []
+    for fold in range(1, folds + 1):
+        path = runs_dir / fold_name(base, fold) / "best.pt"
+        kinds.append(bool(load_checkpoint(path)["spec"]["multi_label"]))
+        if kinds[-1] != kinds[0]:
+            shape = {True: "multi-label (tags)", False: "single-label"}
+            raise DataError(f"fold {fold} ({path}) is {shape[kinds[-1]]}, fold 1 is {shape[kinds[0]]}: the folds of "
+                            f"{base} were trained on different labels")
+    return kinds[0]
 
 
 def main(arch: str, argv=None, **defaults) -> Path | None:

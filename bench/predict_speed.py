@@ -25,7 +25,7 @@ import common  # puts the repository root on sys.path
 import data
 import predict
 from checkpoint import load_checkpoint, read_spec
-from submission import score_submission
+from submission import submission_accuracy
 
 
 def train_model(root: Path, work: Path, n_images: int | None) -> Path:
@@ -69,7 +69,7 @@ def main(argv=None):
         for tta in (False, True):
             flags = ["--tta"] if tta else []
             cold = timed_predict(base + flags + ["--cache-dir", str(work / f"cache-cold-{tta}")])
-            accuracy[tta] = score_submission(out, root / "solution.csv")
+            accuracy[tta] = submission_accuracy(out, root / "solution.csv")
             timed_predict(base + flags + ["--cache-dir", str(warm_cache)])  # fills the warm cache, warms up
             warm = [timed_predict(base + flags + ["--cache-dir", str(warm_cache)]) for _ in range(repeats)]
             end_to_end = common.check(common.run_python(["predict.py", *base, *flags, "--cache-dir", warm_cache]),

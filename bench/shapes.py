@@ -114,9 +114,10 @@ def score_submission(shape: str, root: Path, submission: Path) -> float:
         raise SystemExit(f"{submission}: not in the sample's format (header {header[:4]}..., {len(rows)} rows)")
     ids = list(sample)
     if shape == "probs":
-        probs = np.array([[float(v) for v in rows[i]] for i in ids])
+        order = sorted(range(len(header) - 1), key=lambda c: header[1 + c])  # scikit-learn's label order
+        probs = np.array([[float(rows[i][c]) for c in order] for i in ids])
         truth = [solution[i][0] for i in ids]
-        return float(log_loss(truth, probs, labels=header[1:]))
+        return float(log_loss(truth, probs / probs.sum(1, keepdims=True), labels=[header[1 + c] for c in order]))
     if shape == "score":
         return float(roc_auc_score([int(solution[i][0]) for i in ids], [float(rows[i][0]) for i in ids]))
     binarizer = MultiLabelBinarizer().fit([solution[i][0].split() for i in ids] + [rows[i][0].split() for i in ids])
@@ -152,8 +153,8 @@ def main():
     parser.add_argument("--train-images", type=int, default=12000)
     parser.add_argument("--work", type=Path, default=Path("/tmp/imgcomp-shapes"))
     args = parser.parse_args()
-    from demo import FASHION_MNIST_CLASSES, _fashion_mnist_arrays
-    xtr, ytr, xte, yte = _fashion_mnist_arrays(None)  # train images, labels, test images, labels
+    from demo import FASHION_MNIST_CLASSES, fashion_mnist_arrays
+    xtr, ytr, xte, yte = fashion_mnist_arrays(None)  # train images, labels, test images, labels
     n = 2000 if args.quick else args.train_images
     arrays = ((xtr[:n], ytr[:n]), (xte[:n // 4], yte[:n // 4]))
     results = [run_shape(s.strip(), args.work, arrays, FASHION_MNIST_CLASSES, args.epochs)

@@ -31,7 +31,7 @@ import common  # puts the repository root on sys.path
 
 import predict
 import runs
-from submission import score_submission
+from submission import submission_accuracy
 
 SUMMARY_KEYS = ("epochs", "batch_size", "img_size", "lr", "weight_decay", "warmup_epochs", "hflip", "rotate",
                 "label_smoothing", "optimizer", "precision")
@@ -86,7 +86,7 @@ def score_snapshot(snapshot: Path, data_dir: Path, out: Path) -> float:
     logging.getLogger("imgcomp").setLevel(logging.WARNING)  # its per-model line, once per epoch, is noise here
     with contextlib.redirect_stdout(io.StringIO()):
         predict.main([str(snapshot), "--data", str(data_dir), "--out", str(out), "--no-progress"])
-    return score_submission(out, data_dir / "solution.csv")
+    return submission_accuracy(out, data_dir / "solution.csv")
 
 
 def main(argv=None):

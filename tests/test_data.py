@@ -771,6 +771,14 @@ def test_idx_writer_matches_the_format(fake_fashion_source):
     np.testing.assert_array_equal(data.read_idx(src / "train-labels-idx1-ubyte.gz"), y_train)
 
 
+def test_fashion_mnist_arrays_read_a_source_folder(fake_fashion_source):
+    # public: bench/shapes.py builds its competitions from these arrays
+    import demo
+    src, expected = fake_fashion_source
+    for got, want in zip(demo.fashion_mnist_arrays(src), expected):
+        np.testing.assert_array_equal(got, want)
+
+
 def test_write_fashion_mnist_from_a_source_folder(tmp_path, fake_fashion_source):
     src, (x_train, y_train, x_test, y_test) = fake_fashion_source
     out = data.write_fashion_mnist(tmp_path / "fm", source=src, limit=4)

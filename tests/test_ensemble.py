@@ -22,7 +22,7 @@ import predict
 import runs
 import trainer
 from conftest import write_dataset
-from submission import score_submission
+from submission import submission_accuracy
 
 CLASSES = ("bird", "cat", "dog")  # sorted: the class indices are this order
 
@@ -132,6 +132,31 @@ def test_multi_label_members_blend_sigmoids_and_the_blend_gets_thresholds():
     np.testing.assert_allclose(ensemble.ensemble_thresholds(members, np.array([0.75, 0.25])), [0.275] * 4)
     single = [SimpleNamespace(spec=SimpleNamespace(multi_label=False, thresholds=None), class_names=tags)]
     assert ensemble.ensemble_thresholds(single, np.ones(1)) is None
+
+
+def test_multi_label_candidates_compare_at_the_thresholds_submitted():
+    """A member that is good at 0.5 and one whose probabilities separate the tags well but all lie under 0.5: at
+    0.5 the first looks better, at the thresholds the blend is submitted with the second is."""
+    rng = np.random.default_rng(0)
+    labels = (rng.random((150, 4)) < 0.4).astype(np.uint8)
+    at_half = np.clip(labels * 0.45 + rng.random((150, 4)) * 0.55, 0, 1)
+    low = labels * 0.2 + rng.random((150, 4)) * 0.19 + 0.1
+    own = [metrics.score("f2_samples", p, labels, metrics.fit_thresholds("f2_samples", p, labels))
+           for p in (at_half, low)]
+    assert metrics.score("f2_samples", at_half, labels) > metrics.score("f2_samples", low, labels)
+    w = ensemble.choose_weights([at_half, low], labels, "f2_samples")
+    assert w.member_scores == pytest.approx(own)  # each member at thresholds fitted for it
+    submitted = metrics.score("f2_samples", ensemble.blend([at_half, low], w.weights), labels, w.thresholds)
+    assert w.score == pytest.approx(submitted) and submitted >= max(own) - 1e-12  # never below the best member
+
+
+def test_labels_read_back_name_the_file_and_line():
+    member = SimpleNamespace(spec=SimpleNamespace(multi_label=False), class_names=list(CLASSES))
+    assert ensemble.read_labels(["dog", "bird"], member, "val.csv").tolist() == [2, 0]
+    with pytest.raises(ensemble.DataError, match="val.csv line 3: 'cow' is not a class"):
+        ensemble.read_labels(["dog", "cow"], member, "val.csv")
+    member.spec.multi_label = True
+    assert ensemble.read_labels(["dog bird"], member, "val.csv").tolist() == [[1, 0, 1]]
 
 
 def test_the_folds_of_a_multi_label_run_decide_with_its_out_of_fold_thresholds(tmp_path):
@@ -308,7 +333,7 @@ def test_metric_from_the_checkpoint_and_against_the_solution(comp, good, bad, tm
     with open(comp / "solution.csv", newline="") as f:
         labels = np.array([CLASSES.index(row[1]) for row in list(csv.reader(f))[1:]])  # same order as the sample
     expected = metrics.score("log_loss", read_probs(probs), labels)
-    assert f"accuracy against {comp / 'solution.csv'}: {score_submission(out, comp / 'solution.csv'):.4f}" in printed
+    assert f"accuracy against {comp / 'solution.csv'}: {submission_accuracy(out, comp / 'solution.csv'):.4f}" in printed
     line = next(x for x in printed.splitlines() if x.startswith("log_loss against"))
     assert float(line.rsplit(" ", 1)[1]) == pytest.approx(expected, abs=1e-3)  # --probs holds 6 decimals
     # --metric overrides it; --eval reports it

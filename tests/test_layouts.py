@@ -224,6 +224,54 @@ def test_columns_that_are_not_one_hot_are_no_labels(tmp_path):
     assert found.class_names == ["0", "1"]
 
 
+WHALES = [("w0.jpg", "whale_a"), ("w1.jpg", "new_whale"), ("w2.jpg", "whale_a"), ("w3.jpg", "new_whale"),
+          ("w4.jpg", "whale_b")]
+
+
+def test_whale_layout_image_id_the_id_column_is_never_the_label(tmp_path):
+    # Image,Id: "Id" is the whale (the label); its values repeat, the images' names do not
+    for k, (name, _) in enumerate(WHALES):
+        write_image(tmp_path / "train" / name, 40 * k)
+    write_csv(tmp_path / "train.csv", ("Image", "Id"), WHALES)
+    found = data.find_labelled_images(tmp_path)
+    assert [p.name for p in found.files] == [name for name, _ in WHALES]
+    assert found.class_names == ["new_whale", "whale_a", "whale_b"] and names_of(found) == [w for _, w in WHALES]
+    assert found.summary == ("labels: train.csv (Image -> Id: the one column besides the ids, its values repeat), "
+                             "images in train/: single-label (3 classes)")
+    assert found.notes == ["train.csv: the ids are taken from Image, whose values are unique, not from Id, whose "
+                           "values repeat"]
+    for given in ({"label_col": "Id"}, {"id_col": "Image"}, {"id_col": "Image", "label_col": "Id"}):
+        again = data.find_labelled_images(tmp_path, **given)
+        assert again.files == found.files and names_of(again) == names_of(found), given
+    with pytest.raises(DataError) as err:
+        data.find_labelled_images(tmp_path, id_col="Id", label_col="Id")
+    assert "'Id' is named as both the id column and the label column" in str(err.value)
+    assert err.value.option == "label_col" and explain(err.value).endswith("name another label column with --label-col")
+    with pytest.raises(OptionError) as err:
+        config.make_config("cnn", {}, data="d", id_col="Id", label_col="Id")
+    assert "--id-col and --label-col both name the column 'Id'" in str(err.value)
+    # a column that is no label by its name is taken only when it is the one other column: here a third one
+    write_csv(tmp_path / "train.csv", ("Image", "Id", "fold"), [(i, w, "0") for i, w in WHALES])
+    with pytest.raises(DataError, match="no label column found"):
+        data.find_labelled_images(tmp_path)
+
+
+def test_the_id_column_is_the_one_of_unique_values_and_no_label_candidate(tmp_path):
+    # "id" is the patient (several images each), "image" the image; the label column named by id_col is no label
+    rows = [("p1", "a", "x"), ("p1", "b", "y"), ("p2", "c", "x")]
+    competition(tmp_path, [(image, patient, label) for patient, image, label in rows],
+                header=("image", "id", "label"))
+    write_csv(tmp_path / "train.csv", ("id", "image", "label"), rows)
+    found = data.find_labelled_images(tmp_path)
+    assert [p.stem for p in found.files] == ["a", "b", "c"] and names_of(found) == ["x", "y", "x"]
+    assert "(image -> label)" in found.summary
+    with pytest.raises(DataError, match="duplicate id"):  # as named: its duplicates are reported
+        data.find_labelled_images(tmp_path, id_col="id")
+    write_csv(tmp_path / "train.csv", ("label", "class"), [("a", "x"), ("b", "y"), ("c", "x")])
+    named = data.find_labelled_images(tmp_path, id_col="label")
+    assert named.class_names == ["x", "y"] and names_of(named) == ["x", "y", "x"]
+
+
 # ----------------------------------------------------------------------------------------------
 # Splits and folds of multi-label data (iterative stratification)
 # ----------------------------------------------------------------------------------------------
@@ -339,8 +387,11 @@ def test_metric_values_are_checked_without_fixed_choices():
     assert config.parse_config("cnn", {}, ["--data", "d", "--metric", "map@5"]).metric == "map@5"
     assert config.make_config("cnn", {}, data="d", metric="roc_auc").metric == "roc_auc"
     for bad in ("map@0", "auc", "map@"):
-        with pytest.raises(OptionError, match="--metric"):
+        with pytest.raises(OptionError) as err:
             config.parse_config("cnn", {}, ["--data", "d", "--metric", bad])
+        # the flag and its value, spelled once, by errors.explain
+        assert explain(err.value).startswith(f"--metric {bad}: unknown metric {bad!r}: choose one of ")
+        assert explain(err.value).count("--metric") == 1
 
 
 def test_info_command_says_what_it_found(tmp_path, capsys):

@@ -144,6 +144,26 @@ def test_k_fold_out_of_fold_file_holds_every_image_once_with_fitted_thresholds(t
     assert thresholds.shape == (len(TAGS),)
     assert summary["score"] == pytest.approx(metrics.score("f2_samples", np.array(probs), multi_hot(labels),
                                                            thresholds), abs=1e-6)
+    # multi-label as each fold's best.pt says, whatever run.json holds; the folds must agree
+    for fold in (1, 2):
+        info = json.loads((tmp_path / f"kf-f{fold}" / "run.json").read_text())
+        (tmp_path / f"kf-f{fold}" / "run.json").write_text(json.dumps({k: v for k, v in info.items()
+                                                                       if k != "multi_label"}))
+    trainer.collect_out_of_fold(tmp_path, "kf", 2, "f2_samples")
+    assert json.loads((tmp_path / "kf-oof.json").read_text()) == summary
+    best = checkpoint.load_checkpoint(tmp_path / "kf-f2" / "best.pt")
+    best["spec"]["multi_label"] = False
+    checkpoint.save_checkpoint(tmp_path / "kf-f2" / "best.pt", best)
+    with pytest.raises(trainer.DataError, match=r"fold 2 \(.*kf-f2.best\.pt\) is single-label, fold 1 is multi-label"):
+        trainer.collect_out_of_fold(tmp_path, "kf", 2, "f2_samples")
+
+
+def test_a_single_label_metric_is_refused_on_tags_naming_the_flag_once(tagged, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        train("--data", tagged, "--runs-dir", tmp_path, "--metric", "quadratic_kappa", *FAST)
+    assert str(e.value.code).startswith("error: --metric quadratic_kappa: quadratic_kappa scores one class per "
+                                        "image and these labels are multi-label")
+    assert str(e.value.code).count("--metric") == 1 and not list(tmp_path.glob("*/last.pt"))
 
 
 def test_balance_sampler_is_refused_on_tags(tagged, tmp_path):
@@ -194,6 +214,11 @@ def test_validation_loss_is_the_mean_binary_cross_entropy_and_stays_finite():
     expected = F.binary_cross_entropy_with_logits(logits[0], labels[0].float()) + \
         -(math.log(1 - torch.sigmoid(torch.tensor(0.3)).item()) + math.log(1e-15)) / 2
     assert math.isfinite(float(summed)) and float(summed) == pytest.approx(float(expected), rel=1e-5)
+    # a confident miss (a tag present, its probability ~0) costs -log(1e-15) at most, as metrics.log_loss charges
+    for logit in (-1e4, -math.inf):
+        summed = trainer.summed_loss(inference.log_probabilities(torch.tensor([[logit, 0.0]]), multi_label=True),
+                                     torch.tensor([[1, 0]], dtype=torch.uint8))
+        assert float(summed) == pytest.approx((-math.log(1e-15) + math.log(2)) / 2, rel=1e-5), logit
 
 
 def test_inference_gives_each_tags_sigmoid_averaged_over_views():

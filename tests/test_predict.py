@@ -22,7 +22,7 @@ import predict
 import checkpoint
 import trainer
 from conftest import ROOT, to_version_1, write_csv, write_dataset
-from submission import score_submission
+from submission import submission_accuracy
 
 # Names that need CSV quoting (comma, double quote) and a slash, sorted so that the class index differs
 # from the order they are listed in.
@@ -103,7 +103,7 @@ def test_csv_layout_end_to_end(comp, cnn_run, tmp_path, capsys):
     # the printed accuracy is the submission's accuracy, and it is the run's test accuracy
     solution = dict(read_rows(comp / "solution.csv")[1])
     expected = np.mean([solution[i] == v for i, v in rows])
-    assert score_submission(out, comp / "solution.csv") == pytest.approx(expected)
+    assert submission_accuracy(out, comp / "solution.csv") == pytest.approx(expected)
     assert f"accuracy against {comp / 'solution.csv'}: {expected:.4f}" in capsys.readouterr().out
     assert json.loads((cnn_run / "run.json").read_text())["test_acc"] == pytest.approx(expected)
     assert expected > 0.5  # the bars are easy: one epoch learns them
@@ -121,7 +121,7 @@ def test_folder_layout_end_to_end(tmp_path):
     assert header == ["id", "label"]
     assert [r[0] for r in rows] == [f"t{i}" for i in range(12)]
     assert {r[1] for r in rows} <= {"bird", "cat", "dog"}
-    assert score_submission(out, comp / "solution.csv") > 0.5
+    assert submission_accuracy(out, comp / "solution.csv") > 0.5
 
 
 # ----------------------------------------------------------------------------------------------
@@ -134,7 +134,7 @@ def test_sample_ids_with_extension(cnn_run, tmp_path):
     run_predict(cnn_run, "--data", comp, "--out", out)
     _, rows = read_rows(out)
     assert [r[0] for r in rows] == [f"t{i}.png" for i in range(12)]
-    assert score_submission(out, comp / "solution.csv") > 0.5
+    assert submission_accuracy(out, comp / "solution.csv") > 0.5
 
 
 def test_reordered_sample_keeps_header_and_order(cnn_run, fresh_comp, tmp_path):
@@ -265,7 +265,7 @@ def test_eval_on_solution_records_test_accuracy(comp, cnn_run, capsys):
 def test_a_tta_score_is_recorded_beside_the_plain_one_not_over_it(comp, cnn_run, tmp_path):
     predict.main([str(cnn_run), "--data", str(comp), "--out", str(tmp_path / "s.csv"), "--tta",
                   "--solution", str(comp / "solution.csv"), "--no-progress"])
-    tta = score_submission(tmp_path / "s.csv", comp / "solution.csv")
+    tta = submission_accuracy(tmp_path / "s.csv", comp / "solution.csv")
     plain = predict.main([str(cnn_run), "--data", str(comp), "--eval", "--solution", str(comp / "solution.csv"),
                           "--no-progress"])["accuracy"]
     info = json.loads((cnn_run / "run.json").read_text())
@@ -343,7 +343,7 @@ def test_demo_competition_scores_against_its_solution(tmp_path, capsys):
     header, rows = read_rows(out)
     assert header == ["id", "label"] and len(rows) == 400
     assert {r[1] for r in rows} <= set(data.FASHION_MNIST_CLASSES)
-    accuracy = score_submission(out, demo / "solution.csv")
+    accuracy = submission_accuracy(out, demo / "solution.csv")
     assert f"accuracy against {demo / 'solution.csv'}: {accuracy:.4f}" in capsys.readouterr().out
     assert accuracy > 0.3  # ten classes: chance is 0.1
 
@@ -362,3 +362,43 @@ def test_a_version_1_checkpoint_still_predicts_the_same(comp, cnn_run, tmp_path)
     # a checkpoint of a later version is refused with a clear error
     checkpoint.save_checkpoint(tmp_path / "future.pt", {**current, "version": checkpoint.CHECKPOINT_VERSION + 1})
     assert "newer version" in predict_error(tmp_path / "future.pt", "--data", comp)
+
+
+def fake_run(tmp_path: Path, **config) -> list:
+    """A predictor as check_outputs and index_test read it: its checkpoint's path and its run's config."""
+    from types import SimpleNamespace
+    return [SimpleNamespace(path=tmp_path / "run" / "best.pt", checkpoint={"config": config})]
+
+
+def test_the_runs_test_folder_is_the_default(tmp_path, monkeypatch):
+    root = tmp_path / "planet"
+    for folder, name in (("planet/test-jpg", "a.png"), ("planet/test", "b.png"), ("test-jpg", "c.png")):
+        (tmp_path / folder).mkdir(parents=True)
+        cv2.imwrite(str(tmp_path / folder / name), np.zeros((4, 4), np.uint8))
+    args = predict.build_parser().parse_args(["run", "--data", str(root)])
+    monkeypatch.chdir(tmp_path)  # the run's relative folder is found inside the data folder first
+    assert [f.name for f in predict.index_test(args, fake_run(tmp_path, test_dir="test-jpg")).files] == ["a.png"]
+    assert [f.name for f in predict.index_test(args, fake_run(tmp_path)).files] == ["b.png"]  # none: test/
+    args.test_dir = "test"  # --test-dir wins
+    assert [f.name for f in predict.index_test(args, fake_run(tmp_path, test_dir="test-jpg")).files] == ["b.png"]
+    args.test_dir = None
+    with pytest.raises(data.DataError) as e:
+        predict.index_test(args, fake_run(tmp_path, test_dir="test-tif"))
+    assert "test-tif" in str(e.value) and "--test-dir" in str(e.value)
+
+
+def test_outputs_are_not_the_runs_labels_file_nor_in_its_image_folder(tmp_path):
+    root = tmp_path / "planet"
+    (root / "train-jpg").mkdir(parents=True)
+    write_csv(root / "train_v2.csv", ["image_name", "tags"], [("a", "cloud")])
+    write_csv(root / "tags.csv", ["image_name", "tags"], [("a", "cloud")])
+    write_csv(root / "sample_submission_v2.csv", ["image_name", "tags"], [("a", "cloud")])
+    run = fake_run(tmp_path, labels="tags.csv", train_dir="train-jpg")
+    for out, wanted in ((root / "tags.csv", "the training labels"), (root / "train-jpg" / "s.csv", "image folder"),
+                        (root / "sample_submission_v2.csv", "the sample")):
+        args = predict.build_parser().parse_args(["run", "--data", str(root), "--out", str(out)])
+        with pytest.raises(data.DataError, match=wanted):
+            predict.check_outputs(args, run)
+    predict.check_outputs(predict.build_parser().parse_args(["run", "--data", str(root), "--out",
+                                                             str(tmp_path / "s.csv")]), run)
+    assert not (tmp_path / "s.csv").exists()

@@ -22,7 +22,8 @@ import predict
 import trainer
 from conftest import ROOT, class_image, write_csv, write_dataset
 from errors import DataError, OptionError, UsageError, explain
-from submission import (Shape, check_submission, choose_shape, solution_images, submission_cells, write_submission)
+from submission import (Shape, check_submission, choose_shape, read_sample, solution_images, submission_cells,
+                        write_submission)
 
 CLASSES = ["bird", "cat", "dog"]
 TAGS = ["cloud", "haze", "road", "water"]
@@ -111,7 +112,9 @@ def test_score_of_a_binary_model(tmp_path):
 def test_hard_labels_for_a_binary_sample_of_numbers_warn(tmp_path):
     sample = sample_of(tmp_path, ["image_name", "target"], [("a", 0), ("b", 1)])
     shape = choose_shape(sample, ["0", "1"], False, "accuracy")
-    assert shape.kind == "labels" and "--submission score" in shape.warning and "roc_auc" in shape.warning
+    warning = predict.shape_warning(shape)  # the flags spelled by the command line, not by submission.py
+    assert shape.kind == "labels" and "--submission score" in warning and "roc_auc" in warning
+    assert "--" not in shape.warning and [option for option, _ in shape.advice] == ["submission", "metric"]
     assert choose_shape(sample, ["0", "1"], False, "accuracy", requested="score").kind == "score"
     # three classes: a score is refused, by request or for a sample of fractions
     message = raises(DataError, choose_shape, sample, CLASSES, False, "accuracy", requested="score")
@@ -122,6 +125,49 @@ def test_hard_labels_for_a_binary_sample_of_numbers_warn(tmp_path):
     # a metric of probabilities with one column of a three-class model: labels, and a warning
     names = sample_of(tmp_path, ["id", "label"], [("a", "cat")])
     assert "log_loss scores probabilities" in choose_shape(names, CLASSES, False, "log_loss").warning
+
+
+def test_a_binary_sample_of_numbers_that_are_no_class_asks_for_a_score(tmp_path, caplog):
+    sample = sample_of(tmp_path, ["image_name", "target"], [("a", 0), ("b", 1)])
+    shape = choose_shape(sample, ["benign", "malignant"], False, "accuracy")
+    assert (shape.kind, shape.positive) == ("score", 1) and shape.warning == ""
+    assert "the sample's values are numbers, not class names" in shape.reason
+    assert submission_cells(shape, np.array([[0.75, 0.25]]), ["benign", "malignant"]) == [["0.25"]]
+    # asked for labels: class names in a column of numbers, with a warning that says how to write the score
+    asked = choose_shape(sample, ["benign", "malignant"], False, "accuracy", "labels")
+    assert asked.kind == "labels" and "not class names" in asked.warning
+    assert "--submission score" in predict.shape_warning(asked)
+    # more classes than two: no shape holds one number per image
+    message = raises(DataError, choose_shape, sample, CLASSES, False, "accuracy")
+    assert str(sample.path) in message and "line 2: '0'" in message and "not class names" in message
+    assert "3 classes" in message
+
+
+def test_a_sample_of_class_names_wins_over_a_metric_of_probabilities(tmp_path):
+    sample = sample_of(tmp_path, ["id", "label"], [("a", "cat"), ("b", "dog")])
+    for metric in ("roc_auc", "log_loss"):
+        shape = choose_shape(sample, ["cat", "dog"], False, metric)
+        assert shape.kind == "labels" and "class names" in shape.reason
+        warning = predict.shape_warning(shape)
+        assert f"the metric {metric} scores probabilities" in warning and "asks for class names" in warning
+        assert "--submission score" in warning and "--" not in shape.warning
+    # a sample of 0/1 for classes named 0 and 1 is numbers: the metric asks for the score
+    numbers = sample_of(tmp_path, ["id", "label"], [("a", 0), ("b", 1)])
+    assert choose_shape(numbers, ["0", "1"], False, "roc_auc").kind == "score"
+
+
+def test_the_sample_may_have_another_name(tmp_path, caplog):
+    assert read_sample(tmp_path) is None
+    write_csv(tmp_path / "sample_submission_v2.csv", ["image_name", "tags"], [("a", "cloud")])
+    with caplog.at_level(logging.INFO):
+        sample = read_sample(tmp_path)
+    assert sample.path == tmp_path / "sample_submission_v2.csv" and sample.header == ["image_name", "tags"]
+    assert any("sample_submission_v2.csv" in r.getMessage() for r in caplog.records)  # the log names it
+    write_csv(tmp_path / "Sample_Submission_old.csv", ["id", "label"], [("a", "cat")])
+    message = raises(DataError, read_sample, tmp_path)
+    assert "Sample_Submission_old.csv" in message and "sample_submission_v2.csv" in message
+    write_csv(tmp_path / "sample_submission.csv", ["id", "label"], [("a", "cat")])
+    assert read_sample(tmp_path).path == tmp_path / "sample_submission.csv"  # the usual name wins
 
 
 def test_tags_of_a_multi_label_model(tmp_path):
@@ -145,11 +191,15 @@ def test_tags_of_a_multi_label_model(tmp_path):
 def test_topk_the_most_probable_first(tmp_path):
     sample = sample_of(tmp_path, ["Image", "Id"], [("a", "cat dog")])
     shape = choose_shape(sample, CLASSES, False, "accuracy", top_k=2)
-    assert (shape.kind, shape.top_k) == ("topk", 2) and "--top-k 2" in shape.reason
+    assert (shape.kind, shape.top_k) == ("topk", 2) and "--top-k 2" in predict.describe_shape(shape)
+    assert shape.chosen_by == ("top_k", 2) and "--" not in shape.reason
     assert submission_cells(shape, PROBS, CLASSES) == [["dog cat"], ["bird cat"], ["cat dog"], ["bird cat"]]
     by_metric = choose_shape(sample, CLASSES, False, "map@5")
     assert (by_metric.kind, by_metric.top_k) == ("topk", 3) and "map@5" in by_metric.reason  # all 3 classes
     assert "--top-k" in raises(UsageError, choose_shape, sample, CLASSES, False, "accuracy", "labels", 2)
+    with pytest.raises(OptionError) as e:  # the facts, and the option that fixes them: no flag spelled
+        choose_shape(sample, CLASSES, False, "accuracy", "labels", 2)
+    assert (e.value.option, e.value.value) == ("top_k", 2) and "--" not in str(e.value)
     assert "these hold spaces: ['a b']" in raises(DataError, choose_shape, sample, ["a b", "c"], False, "accuracy", top_k=1)
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import data
+import predict
 import submission
 from conftest import write_csv
 
@@ -32,12 +33,22 @@ def test_submission_is_checked_before_it_is_written(tmp_path):
     assert out.read_text().splitlines()[2] == 'b,"say ""hi"", ok"'
 
 
-def test_score_submission(tmp_path):
+def test_submission_accuracy(tmp_path):
     write_csv(tmp_path / "solution.csv", ["id", "label"], [("a", "x, y"), ("b", "z"), ("c", "z")])
     write_csv(tmp_path / "good.csv", ["id", "pred"], [("c", "z"), ("a", "x, y"), ("b", "z")])
     write_csv(tmp_path / "one_wrong.csv", ["id", "label"], [("a", "x, y"), ("b", "x, y"), ("c", "z")])
     write_csv(tmp_path / "short.csv", ["id", "label"], [("a", "x, y"), ("b", "z")])
-    assert submission.score_submission(tmp_path / "good.csv", tmp_path / "solution.csv") == 1.0
-    assert submission.score_submission(tmp_path / "one_wrong.csv", tmp_path / "solution.csv") == pytest.approx(2 / 3)
+    assert submission.submission_accuracy(tmp_path / "good.csv", tmp_path / "solution.csv") == 1.0
+    assert submission.submission_accuracy(tmp_path / "one_wrong.csv", tmp_path / "solution.csv") == \
+        pytest.approx(2 / 3)
     with pytest.raises(data.DataError, match="1 missing from the submission"):
-        submission.score_submission(tmp_path / "short.csv", tmp_path / "solution.csv")
+        submission.submission_accuracy(tmp_path / "short.csv", tmp_path / "solution.csv")
+
+
+def test_one_name_for_each_thing():
+    """Labels are read by data.parse_labels, test images indexed by data.index_test_images; a number is parsed
+    here and formatted in predict.py, each under its own name."""
+    for old in ("label_indices", "find_test_index", "score_submission", "_number"):
+        assert not hasattr(submission, old), old
+    assert not hasattr(predict, "_number") and predict._format_number(float("nan")) == "n/a"
+    assert submission._parse_number(" 0.5 ") == 0.5 and submission._parse_number("inf") is None

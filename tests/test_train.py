@@ -87,6 +87,22 @@ def test_cnn_trains_and_writes_every_output(dataset, tmp_path):
     # The checkpoint alone rebuilds the model.
     model = checkpoint.model_from_checkpoint(ckpt).eval()
     assert model(torch.zeros(2, 1, 16, 16)).shape == (2, 3)
+    # Version 3 added the spec's multi_label and thresholds: a version-2 file (a spec without them) loads as
+    # single-label and predicts the same, and a toolkit that knew only version 2 refuses this file as newer.
+    raw = torch.load(run / "best.pt", weights_only=True)
+    assert raw["version"] == 3 and raw["spec"]["multi_label"] is False and raw["spec"]["thresholds"] is None
+    dropped = {k: v for k, v in raw["spec"].items() if k not in ("multi_label", "thresholds")}
+    checkpoint.save_checkpoint(tmp_path / "v2.pt", {**raw, "version": 2, "spec": dropped})
+    v2 = checkpoint.load_checkpoint(tmp_path / "v2.pt")
+    assert v2["version"] == 3 and v2["spec"]["multi_label"] is False and v2["spec"]["thresholds"] is None
+    assert checkpoint.read_spec(v2) == spec
+    x = torch.rand(2, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(checkpoint.model_from_checkpoint(v2).eval()(x), model(x))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(checkpoint, "CHECKPOINT_VERSION", 2)
+        with pytest.raises(checkpoint.DataError, match="written by a newer version"):
+            checkpoint.load_checkpoint(run / "best.pt")
 
     config = json.loads((run / "config.json").read_text())
     assert config["epochs"] == 3 and config["name"] == "cnn-a"
@@ -274,6 +290,22 @@ def test_resume_refuses_changed_options_and_missing_runs(dataset, tmp_path):
         train("cnn", "--data", dataset, "--runs-dir", tmp_path, "--name", "r", *FAST)
     with pytest.raises(SystemExit, match="--data DIR is required"):
         train("cnn")
+
+
+def test_a_refused_resume_leaves_the_skipped_images_list_as_it_was(tmp_path):
+    comp = write_dataset(tmp_path / "comp", layout="folder", per_class=6, size=16, n_test=1)
+    os.symlink(tmp_path / "nowhere.png", comp / "train" / "cat" / "zz_broken.png")
+    run = train("cnn", "--data", comp, "--runs-dir", tmp_path / "runs", "--name", "s", "--epochs", 2,
+                "--stop-at-epoch", 1, "--img-size", 16, "--skip-bad", *FAST)
+    listed = (run / "skipped.txt").read_text()
+    assert listed.count("\n") == 1 and "zz_broken.png\tbroken symbolic link" in listed
+    os.symlink(tmp_path / "nowhere.png", comp / "train" / "dog" / "zz_broken.png")  # the data changed
+    last = (run / "last.pt").read_bytes()
+    with pytest.raises(SystemExit, match="changed since the run began"):
+        train("cnn", "--resume", run, "--no-progress")
+    assert (run / "skipped.txt").read_text() == listed and (run / "last.pt").read_bytes() == last
+    train("cnn", "--resume", run, "--no-progress", "--allow-data-change")  # the session set up: recorded
+    assert (run / "skipped.txt").read_text().count("zz_broken.png\tbroken symbolic link") == 2
 
 
 def test_log_loss_trains_without_label_smoothing_unless_it_is_given(dataset, tmp_path):
