@@ -11,7 +11,8 @@ A checkpoint is a dict:
     epoch, history, best_val_acc, best_epoch, train_time, val_files (relative to the data folder)
     best_val_score           the best validation score by the run's metric (config "metric"); older: best_val_acc
     dataset_key              a fingerprint of the training files and labels (resuming on changed data is noticed)
-    training (last.pt only)  what resuming needs: optimizer, scaler, step, partial, rng, cuda_rng, train_model
+    training (last.pt only)  what resuming needs: optimizer, scaler, step, partial, rng, cuda_rng, train_model,
+                             schedule (LRSchedule.state; older: the schedule over config["epochs"])
 """
 from __future__ import annotations
 

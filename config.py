@@ -15,6 +15,7 @@ from pathlib import Path
 
 import time
 
+import cli
 from errors import DataError, OptionError, flag
 from fileio import atomic_write_text
 from metrics import METRICS, check_metric
@@ -76,6 +77,11 @@ class TrainConfig:
     name: str = _opt("", "run name (default: <arch>-<date>-<time>)")
     runs_dir: str = _opt("runs", "folder that holds the run folders")
     resume: str = _opt("", "continue the run in this folder from its last.pt")
+    resume_schedule: str = _opt("continue", "with --resume and another --epochs: 'continue' goes on from the learning "
+                                            "rate reached, a cosine from it down to zero at the new last epoch (the "
+                                            "rate never jumps; after a finished schedule it is near zero); "
+                                            "'restart' trains the added epochs as a new cycle: warm-up to --lr, then "
+                                            "cosine to zero", choices=["continue", "restart"])
     init: str = _opt("", "start from the weights of this checkpoint (the head is replaced if classes differ)")
     pretrained: str = _opt("", "start from ImageNet weights: a local weight file (.safetensors/.pth/.bin) or folder "
                                "(a Hugging Face hub cache, or config.json + weights), nothing fetched; or 'imagenet' "
@@ -122,13 +128,12 @@ MIN_IMG_SIZE = 8
 
 # Flags that may differ from the saved run when resuming; any other flag must match it.
 RESUMABLE_CHANGES = {"epochs", "stop_at_epoch", "progress", "resume", "device", "runs_dir", "cache_dir", "compile",
-                     "allow_data_change", "patience", "deterministic", "cudnn_benchmark"}
+                     "allow_data_change", "patience", "deterministic", "cudnn_benchmark", "resume_schedule"}
 
 
 def build_parser(arch: str, defaults: dict) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=script_name(arch), description=f"Train the {arch} architecture on an image dataset.",
-        argument_default=argparse.SUPPRESS, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = cli.Parser(prog=script_name(arch), description=f"Train the {arch} architecture on an image dataset.",
+                        argument_default=argparse.SUPPRESS)
     for f in dataclasses.fields(TrainConfig):
         if f.name == "arch":
             continue

@@ -13,6 +13,7 @@ caller needs (a test that patches a function patches it where it is defined, e.g
 
     python data.py fashion-mnist data/fashion-mnist   # write the demo competition
     python data.py info DIR                            # show what a dataset folder holds
+    python data.py show DIR [--out FILE] [--per-class N] [--img-size S]   # draw training images as the network sees them
 """
 from __future__ import annotations
 
@@ -21,13 +22,14 @@ import logging
 import sys
 from pathlib import Path
 
+import cli
 from batches import (Augment, Mix, Preprocess, batches, channel_stats, check_balance, count_batches,  # noqa: F401
                      iterate_batches, label_matrix, normalize, prefetch, resident, stratified_folds, stratified_split,
                      to_float, tta_views)
 from decode import (CACHE_VERSION, ImageArray, cache_dir_for, cache_key, decode_image, images_per_chunk,  # noqa: F401
                     is_writable, load_images, reserve_space, user_cache_dir)
 from demo import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, read_idx, write_fashion_mnist  # noqa: F401
-from errors import DataError, explain
+from errors import DataError, UsageError, explain
 from images import (ID_COLUMNS, IMG_EXTENSIONS, LABEL_COLUMNS, LABEL_FILES, TEST_DIRS, TRAIN_DIRS,  # noqa: F401
                     CsvTable, FileIndex, LabelledImages, find_labelled_images, find_test_folder, find_test_images,
                     index_test_images, label_text, listing, match_ids, natural_key, parse_labels,
@@ -52,35 +54,58 @@ def describe(root: str | Path, id_col=None, label_col=None, labels_file=None, tr
     return "\n".join(lines)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def _add_layout_options(parser: argparse.ArgumentParser):
+    """The options that find a dataset's labels and images when they are not the usual names (as training's)."""
+    parser.add_argument("dir", help="the dataset folder")
+    parser.add_argument("--id-col", help="id column of the labels CSV (default: detected)")
+    parser.add_argument("--label-col", help="label column of the labels CSV (default: detected)")
+    parser.add_argument("--labels", metavar="FILE", help="the labels CSV (default: the first of "
+                        f"{', '.join(LABEL_FILES)})")
+    parser.add_argument("--train-dir", metavar="DIR", help=f"the training images (default: the first of "
+                        f"{', '.join(TRAIN_DIRS)})")
+    parser.add_argument("--multi-label", action=argparse.BooleanOptionalAction, default=None,
+                        help="labels are space-separated tag lists (default: detected)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.Parser(prog="data.py", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("fashion-mnist", help="write the Fashion-MNIST demo competition to DIR")
-    demo.add_argument("dir")
+    demo.add_argument("dir", help="the folder to write the competition into")
     demo.add_argument("--source", type=Path, default=None, help=f"folder of the idx .gz files (default {FASHION_MNIST_DIR})")
-    demo.add_argument("--limit", type=int, default=None, help="keep only the first N images of each split")
+    demo.add_argument("--limit", type=int, default=None, help="keep only the first N images of each split "
+                      "(default: all)")
     info = sub.add_parser("info", help="show what a dataset folder holds")
-    info.add_argument("dir")
-    info.add_argument("--id-col")
-    info.add_argument("--label-col")
-    info.add_argument("--labels", metavar="FILE", help="the labels CSV (default: the first of "
-                      f"{', '.join(LABEL_FILES)})")
-    info.add_argument("--train-dir", metavar="DIR", help=f"the training images (default: the first of "
-                      f"{', '.join(TRAIN_DIRS)})")
+    _add_layout_options(info)
     info.add_argument("--test-dir", metavar="DIR", help=f"the test images (default: the first of {', '.join(TEST_DIRS)})")
-    info.add_argument("--multi-label", action=argparse.BooleanOptionalAction, default=None,
-                      help="labels are space-separated tag lists (default: detected)")
-    args = parser.parse_args(argv)
+    show = sub.add_parser("show", help="draw a few training images per class as the network receives them")
+    _add_layout_options(show)
+    show.add_argument("--out", metavar="FILE", help="the PNG to write (default: DIR's name + -show.png, in the "
+                      "working folder)")
+    show.add_argument("--per-class", type=int, default=4, metavar="N", help="images per class")
+    show.add_argument("--img-size", type=int, default=None, metavar="S", help="the size training would resize to "
+                      "(default: training's --img-size; the images are decoded into the cache training uses)")
+    show.add_argument("--seed", type=int, default=0, help="which images, and their augmentation")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         if args.command == "fashion-mnist":
             write_fashion_mnist(args.dir, args.source, args.limit)
-        else:
+        elif args.command == "info":
             print(describe(args.dir, args.id_col, args.label_col, args.labels, args.train_dir, args.multi_label,
                            args.test_dir))
-    except DataError as e:
+        else:
+            import preview  # it draws with runs.py, which reads data: imported by this command alone
+            print(preview.save_data_preview(args.dir, args.out, args.per_class, args.img_size, args.seed,
+                                            id_col=args.id_col, label_col=args.label_col, labels_file=args.labels,
+                                            train_dir=args.train_dir, multi_label=args.multi_label))
+    except UsageError as e:
         sys.exit(f"error: {explain(e)}")
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -24,7 +24,7 @@ import data
 import metrics
 import runs
 from checkpoint import ModelSpec
-from errors import DataError
+from errors import DataError, OptionError
 
 
 class Member(Protocol):
@@ -52,8 +52,9 @@ BOOTSTRAP_CONFIDENCE = 0.9
 @dataclass
 class Weighting:
     """The members' weights in the ensemble and how they were chosen. `choice` is "single", "equal",
-    "best member" or "fitted"; `reason` says why, for people; `warning` is set when the weights could not be
-    fitted. The scores are on the `n_val` shared validation images, for `metric` (None where not measured)."""
+    "best member", "fitted" or "given" (by hand); `reason` says why, for people; `warning` is set when the
+    weights could not be fitted. The scores are on the `n_val` shared validation images, for `metric` (None
+    where not measured)."""
     weights: np.ndarray
     choice: str
     reason: str
@@ -197,6 +198,41 @@ def choose_weights(probs: list[np.ndarray], labels: np.ndarray, metric: str) -> 
                   f"{BOOTSTRAP_RESAMPLES} bootstrap resamples; {versus}")
 
 
+def given_weights(weights, n: int) -> np.ndarray:
+    """Weights given by hand, one per member in the order given, non-negative, normalised to sum 1."""
+    w = np.asarray(weights, dtype=np.float64)
+    if len(w) != n:
+        raise OptionError(f"{len(w)} weight(s) for {n} models: give one per model, in the order the models are "
+                          "given", option="weights", value=",".join(f"{v:g}" for v in w))
+    if not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+        raise OptionError("weights must be non-negative numbers, not all 0", option="weights",
+                          value=",".join(f"{v:g}" for v in w))
+    return w / w.sum()
+
+
+def weigh_given(weights: np.ndarray, probs: list[np.ndarray] | None, labels: np.ndarray | None,
+                metric: str) -> Weighting:
+    """Weights given by hand (`given_weights`), scored with each member on the shared validation images when their
+    `probs` and `labels` are known (multi-label: the blend's thresholds fitted there)."""
+    reason = "given by hand: " + ", ".join(f"{v:.3g}" for v in weights)
+    if probs is None:
+        return Weighting(weights, "given", reason, metric)
+    scores = [_candidate(probs, np.eye(len(probs))[m], labels, metric).score for m in range(len(probs))]
+    pick = _candidate(probs, weights, labels, metric)
+    return Weighting(weights, "given", reason, metric, len(labels), scores, pick.score, thresholds=pick.thresholds)
+
+
+def models_used(w: Weighting, names: list[str]) -> str:
+    """Which of the members (`names`, in order) the ensemble uses, with their weights, and why any is left out:
+    "the 2 models: A (weight 0.5), B (weight 0.5)" or "1 of 2 models: A (weight 1.0); B left out: ..."."""
+    used = [f"{name} (weight {round(float(v), 3)})" for name, v in zip(names, w.weights) if v > 0]
+    left = [name for name, v in zip(names, w.weights) if v <= 0]
+    if not left:
+        return f"the {len(names)} models: {', '.join(used)}" if len(names) > 1 else f"1 model: {used[0]}"
+    return (f"{len(used)} of {len(names)} models: {', '.join(used)}; {', '.join(left)} left out: weight 0 "
+            f"({w.reason})")
+
+
 def blend(probs: list[np.ndarray], weights: np.ndarray) -> np.ndarray:
     """The weighted mean of the members' probabilities (weights sum to 1)."""
     return sum(w * p for w, p in zip(weights, probs) if w > 0)
@@ -290,12 +326,11 @@ def fold_groups(members: list[Member]) -> list[tuple[Path, list[int]]] | None:
 def fold_thresholds(members: list[Member]) -> np.ndarray | None:
     """The tags' thresholds that a multi-label k-fold run fitted on its out-of-fold predictions (RUNS/BASE-oof.json),
     for the blend of its folds; None for single-label models or without that file."""
-    config = members[0].checkpoint["config"]
-    name, suffix = str(config.get("name", "")), f"-f{config.get('fold')}"
-    if not members[0].spec.multi_label or not name.endswith(suffix):
+    path = oof_summary_path(members)
+    if not members[0].spec.multi_label or path is None:
         return None
     try:
-        summary = json.loads((members[0].run_dir.parent / f"{name[:-len(suffix)]}-oof.json").read_text())
+        summary = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
     thresholds = summary.get("thresholds") if isinstance(summary, dict) else None
@@ -327,6 +362,51 @@ def out_of_fold_weights(members: list[Member], groups: list[tuple[Path, list[int
     return Weighting(weights, chosen.choice, f"on the out-of-fold predictions of {len(groups)} k-fold runs (their "
                      f"folds share each run's weight; without TTA): {chosen.reason}", metric, chosen.n_val, scores,
                      chosen.score, chosen.warning, chosen.thresholds)
+
+
+def fold_scores(members: list[Member], metric: str) -> list[float | None]:
+    """Each fold's best validation score for `metric`, as its run recorded it (None where not recorded): the
+    folds of one k-fold run are weighted equally, and these scores say how each did on the images it held out.
+    A fold trained for another metric is scored on its validation predictions (val_predictions.csv) instead."""
+    scores = []
+    for m in members:
+        recorded = recorded_val_score(m.checkpoint, metric)
+        scores.append(recorded if recorded is not None else _predictions_score(m, metric))
+    return scores
+
+
+def _predictions_score(member: Member, metric: str) -> float | None:
+    """`metric` on the member's validation predictions at its best epoch (multi-label: at its own thresholds)."""
+    path = member.run_dir / "val_predictions.csv"
+    try:
+        _, texts, names, probs = runs.read_predictions(path)
+        if names != member.class_names or not texts:
+            return None
+        thresholds = np.asarray(member.spec.thresholds) if member.spec.multi_label and member.spec.thresholds else None
+        return float(metrics.score(metric, np.array(probs), read_labels(texts, member, str(path)), thresholds))
+    except (OSError, ValueError):
+        return None
+
+
+def recorded_val_score(checkpoint: dict, metric: str) -> float | None:
+    """A run's best validation score for `metric` as it recorded it (checkpoint "best_val_score", else the best
+    epoch's "val_score"; "best_val_acc" for accuracy); None when the run was trained for another metric."""
+    value = None
+    if metric == checkpoint["config"].get("metric", "accuracy"):
+        value = checkpoint.get("best_val_score")
+        if value is None:
+            rows = [r for r in checkpoint.get("history", []) if r.get("epoch") == checkpoint.get("best_epoch")]
+            value = rows[0].get("val_score") if rows else None
+    if value is None and metric == "accuracy":
+        value = checkpoint.get("best_val_acc")
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) and value >= 0 else None
+
+
+def oof_summary_path(members: list[Member]) -> Path | None:
+    """RUNS/BASE-oof.json of the k-fold run whose folds are `members` (None when the first is not named as a fold)."""
+    config = members[0].checkpoint["config"]
+    name, suffix = str(config.get("name", "")), f"-f{config.get('fold')}"
+    return members[0].run_dir.parent / f"{name[:-len(suffix)]}-oof.json" if name.endswith(suffix) else None
 
 
 def recorded_val_scores(checkpoint: dict) -> str:

@@ -60,6 +60,10 @@ class LabelledImages:
     summary: str = ""
     labels_file: Path | None = None
     image_dir: Path | None = None
+    # Each image's id as the competition's files name it: the labels CSV's id column as written there (named
+    # `id_column`); class folders: the file's path relative to the training folder.
+    ids: list[str] = field(default_factory=list)
+    id_column: str = "file"
 
 
 def _scan_images(folder: Path, notes: list[str]) -> list[tuple[str, Path]]:
@@ -80,10 +84,6 @@ def _scan_images(folder: Path, notes: list[str]) -> list[tuple[str, Path]]:
         notes.append(f"ignored {len(others)} non-image file(s) in {folder}:{listing(sorted(others), 5)}")
     found.sort(key=lambda item: natural_key(item[0]))
     return [(rel, Path(dirpath, name)) for rel, dirpath, name in found]
-
-
-def _image_files(folder: Path, notes: list[str]) -> list[Path]:
-    return [path for _, path in _scan_images(folder, notes)]
 
 
 def _pick_column(header: list[str], wanted: str | None, candidates, what: str, option: str, csv_path: Path,
@@ -209,23 +209,25 @@ def _read_class_folders(root: Path, train_dir, multi_label: bool | None, notes: 
     loose = [p for p in folder.iterdir() if p.is_file()]
     if loose:
         notes.append(f"ignored {len(loose)} file(s) directly in {folder} (not in a class folder)")
-    files, names = [], []
+    files, names, ids = [], [], []
     for class_dir in class_dirs:
-        found = _image_files(class_dir, notes)
+        found = _scan_images(class_dir, notes)
         if not found:
             raise DataError(f"class folder {class_dir} holds no images "
                             f"(extensions: {' '.join(sorted(IMG_EXTENSIONS))})")
-        files += found
+        files += [path for _, path in found]
+        ids += [f"{class_dir.name}/{rel}" for rel, _ in found]
         names += [class_dir.name] * len(found)
     class_names, labels = _class_indices(names)
     order = sorted(range(len(files)), key=lambda i: (labels[i], natural_key(files[i].name)))  # whatever the listing
-    files, labels = [files[i] for i in order], labels[order]
+    files, labels, ids = [files[i] for i in order], labels[order], [ids[i] for i in order]
     kind = f"single-label ({len(class_names)} classes)"
     if multi_label:  # as asked: each image's one class as its only tag
         labels = np.eye(len(class_names), dtype=np.uint8)[labels]
         kind = f"multi-label, as asked ({len(class_names)} classes, one per image)"
     summary = f"labels: the class folders of {_shown(folder, root)}: {kind}"
-    return LabelledImages(files, labels, class_names, "folder", notes, bool(multi_label), summary, None, folder)
+    return LabelledImages(files, labels, class_names, "folder", notes, bool(multi_label), summary, None, folder,
+                          ids=ids)
 
 
 def _class_indices(names: list[str]) -> tuple[list[str], np.ndarray]:
@@ -375,7 +377,8 @@ def _read_train_csv(root: Path, csv_path: Path, train_dir, id_col, label_col, mu
     if unused > 0:
         notes.append(f"{unused} image(s) in {image_dir} are not listed in {csv_path.name} and are not used")
     summary = f"labels: {_shown(csv_path, root)} ({columns}), images in {_shown(image_dir, root)}: {kind}"
-    return LabelledImages(files, labels, class_names, "csv", notes, multi, summary, csv_path, image_dir)
+    return LabelledImages(files, labels, class_names, "csv", notes, multi, summary, csv_path, image_dir,
+                          ids=list(ids), id_column=id_col)
 
 
 def _columns(table: CsvTable, id_col: str | None, label_col: str | None,

@@ -7,6 +7,7 @@ model on labelled data. Everything about a model comes from its checkpoint; imag
     python predict.py runs/cnn runs/resnet --data DIR --tta --probs probs.csv   # ensemble, flip TTA, probabilities
     python predict.py runs/cnn runs/resnet --data DIR --metric macro_f1         # weights fitted for macro F1
     python predict.py runs/cnn runs/resnet --data DIR --weights equal           # the plain average
+    python predict.py runs/cnn runs/resnet --data DIR --weights 0.7,0.3         # weights given by hand
     python predict.py runs/cnn --data DIR --eval                                # check on the run's validation split
     python predict.py runs/cnn --data DIR --eval --solution DIR/solution.csv    # check on the labelled test set
 
@@ -54,14 +55,15 @@ import numpy as np
 import torch
 from torch import nn
 
+import cli
 import data
 import inference
 import metrics
 import runs
 from checkpoint import ModelSpec, load_checkpoint, model_from_checkpoint, read_spec
 from ensemble import (Weighting, are_folds, blend, choose_weights, ensemble_thresholds, equal_weights, fold_groups,
-                      fold_thresholds, format_weighting, out_of_fold_weights, recorded_val_scores, training_images,
-                      validation_images)
+                      fold_scores, fold_thresholds, format_weighting, given_weights, models_used, oof_summary_path,
+                      out_of_fold_weights, recorded_val_scores, training_images, validation_images, weigh_given)
 from errors import DataError, OptionError, UsageError, explain, flag
 from runtime import setup_runtime
 from submission import (SHAPES, Shape, choose_shape, read_sample, sample_files, solution_images, submission_cells,
@@ -191,20 +193,24 @@ def ensemble_probs(predictors: list[Predictor], files: list[Path], images: Image
 # ----------------------------------------------------------------------------------------------
 
 def ensemble_weights(predictors: list[Predictor], data_dir: Path, images: ImageCache, device: torch.device,
-                     batch_size: int, tta: bool, metric: str, mode: str = "fit") -> Weighting:
+                     batch_size: int, tta: bool, metric: str, mode="fit") -> Weighting:
     """The members' weights: for `mode` "fit", chosen by `choose_weights` on the validation images they all
     held out (read from the training images of `data_dir`, each model at its own size, with TTA when asked),
-    else (`mode` "equal", or without shared validation images: with a warning) equal weights."""
+    "equal" (or without shared validation images: with a warning) equal weights, or weights given by hand (one
+    number per model: scored there when it can be)."""
+    given = None if isinstance(mode, str) else given_weights(mode, len(predictors))
     if len(predictors) == 1:
         return Weighting(np.ones(1), "single", "one model", metric)
     equal = equal_weights(len(predictors))
     if mode == "equal":
         return Weighting(equal, "equal", "equal weights (--weights equal)", metric)
-    if are_folds(predictors):
+    if given is None and are_folds(predictors):
+        where = oof_summary_path(predictors)
         return Weighting(equal, "equal", "equal weights: the folds of one k-fold run, each trained on most of the "
-                                         "data (their out-of-fold score is in RUNS/NAME-oof.json)", metric,
-                         thresholds=fold_thresholds(predictors))
-    groups = fold_groups(predictors)
+                                         f"data (their out-of-fold score is in {where}); the scores are each fold's "
+                                         "best on the images it held out", metric,
+                         member_scores=fold_scores(predictors, metric), thresholds=fold_thresholds(predictors))
+    groups = None if given is not None else fold_groups(predictors)
     if groups:
         return out_of_fold_weights(predictors, groups, metric)
     try:
@@ -212,12 +218,19 @@ def ensemble_weights(predictors: list[Predictor], data_dir: Path, images: ImageC
         probs = member_probs(predictors, files, images, device, batch_size, tta,
                              hint="the ensemble's weights are fitted on them: fix them, or pass --weights equal")
     except DataError as e:
+        if given is not None:
+            return weigh_given(given, None, None, metric)
         own = "; ".join(f"{p.path}: {recorded_val_scores(p.checkpoint)}" for p in predictors)
         return Weighting(equal, "equal", "equal weights, not fitted", metric,
                          warning=f"WARNING: the ensemble's weights could not be fitted ({explain(e)}): using equal "
                                  "weights. "
                                  f"Each member's own best validation score: {own}")
-    return choose_weights(probs, labels, metric)
+    return choose_weights(probs, labels, metric) if given is None else weigh_given(given, probs, labels, metric)
+
+
+def member_name(p: Predictor) -> str:
+    """A member as the user named it: its run folder (for its best.pt), else its checkpoint file."""
+    return str(p.run_dir if p.path.name == "best.pt" else p.path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -375,7 +388,10 @@ def run_predict(args, predictors: list[Predictor], images: ImageCache, device: t
     out = Path(args.out or "submission.csv")
     write_submission(out, shape.header, plan.ids, submission_cells(shape, probs, class_names, thresholds),
                      class_names, shape)
-    print(f"wrote {out}: {len(plan.ids)} rows ({shape.kind}), {len(predictors)} model(s){', TTA' if args.tta else ''}")
+    used = int((np.asarray(weighting.weights) > 0).sum())
+    models = f"{used} of {len(predictors)} models" if used < len(predictors) else \
+        f"{len(predictors)} model{'s' if len(predictors) > 1 else ''}"
+    print(f"wrote {out}: {len(plan.ids)} rows ({shape.kind}), {models}{', TTA' if args.tta else ''}")
     if args.probs:
         runs.write_predictions(Path(args.probs), plan.ids, None, probs, class_names, id_column=shape.header[0])
         print(f"wrote {args.probs}: probabilities of {len(class_names)} classes")
@@ -407,8 +423,7 @@ def report_solution(args, plan: SubmissionPlan, probs: np.ndarray, thresholds, m
 # ----------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="predict.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.Parser(prog="predict.py", description=__doc__)
     parser.add_argument("checkpoints", nargs="+", metavar="RUN_OR_CKPT",
                         help="run folders (their best.pt) or checkpoint files; several make an ensemble")
     parser.add_argument("--data", required=True, help="dataset folder (test/ or test_images/, sample_submission.csv)")
@@ -435,15 +450,30 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"the competition's metric ({', '.join(metrics.METRICS)} or map@K): it decides the "
                              "submission's shape, an ensemble's weights are fitted for it, and --solution/--eval "
                              "report it (default: the metric the first checkpoint's run was trained for)")
-    parser.add_argument("--weights", default="fit", choices=["fit", "equal"],
+    parser.add_argument("--weights", default="fit", type=_weights_option, metavar="fit|equal|W1,W2,...",
                         help="an ensemble's weights: fitted on the validation images its members share (never "
-                             "below the best member there), or equal")
-    parser.add_argument("--batch-size", type=int, default=256)
+                             "below the best member there), equal, or one non-negative number per model in the "
+                             "order given (e.g. 0.7,0.3; normalised to sum 1)")
+    parser.add_argument("--batch-size", type=int, default=256, help="images per inference batch")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     parser.add_argument("--cache-dir", default="", help="where decoded images are cached (default: next to them)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                         help="show a progress bar while decoding images")
     return parser
+
+
+def _weights_option(text: str):
+    """--weights: fit, equal, or numbers separated by commas (their count is checked against the models')."""
+    if text in ("fit", "equal"):
+        return text
+    try:
+        weights = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected fit, equal or one number per model (e.g. 0.7,0.3)") \
+            from None
+    if not all(math.isfinite(v) and v >= 0 for v in weights) or sum(weights) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: weights must be non-negative numbers, not all 0")
+    return weights
 
 
 def _metric_name(text: str) -> str:
@@ -594,6 +624,8 @@ def main(argv=None):
             log.warning("%s", weighting.warning)
         if len(predictors) > 1:
             print(format_weighting(weighting, predictors, args.tta))
+            print(f"the {'check' if args.eval else 'submission'} uses "
+                  f"{models_used(weighting, [member_name(p) for p in predictors])}")
         if args.eval:
             return run_eval(args, predictors, images, device, weighting)
         return run_predict(args, predictors, images, device, weighting, plan)

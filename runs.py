@@ -8,7 +8,6 @@ Bookkeeping never stops a training run: what cannot be read is flagged, what can
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import logging
@@ -22,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from config import NOT_IN_COMMAND, built_in_defaults, script_name
+import cli
+from config import NOT_IN_COMMAND, RESUMABLE_CHANGES, built_in_defaults, script_name
 from data import natural_key
 from errors import DataError, explain, flag
 from fileio import atomic_write, atomic_write_text
@@ -153,8 +153,9 @@ def write_predictions(path: Path, files: list[str], labels: list[str] | None, pr
                       id_column: str = "file"):
     """Class probabilities, one row per image and one column per class (named as in training): the image's
     id (`id_column`), its label unless `labels` is None, then the probabilities. Labelled: a run's validation
-    split at its best epoch, or out-of-fold predictions (`file,label,<classes>`, files relative to the data
-    folder); unlabelled: the test images' probabilities for blending (`<the sample's id column>,<classes>`)."""
+    split at its best epoch, or out-of-fold predictions (`<the labels CSV's id column>,label,<classes>`; older
+    runs: `file,label,...`, files relative to the data folder); unlabelled: the test images' probabilities for
+    blending (`<the sample's id column>,<classes>`)."""
     def write(tmp):
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
@@ -171,8 +172,8 @@ def read_predictions(path: Path, labelled: bool = True) -> tuple[list[str], list
     when not `labelled`."""
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f))
-    if labelled and (not rows or rows[0][:2] != ["file", "label"]):
-        raise DataError(f"{path}: not a predictions file (header file,label,<classes>...)")
+    if labelled and (not rows or len(rows[0]) < 2 or rows[0][1] != "label"):  # the id column: "file" in older runs
+        raise DataError(f"{path}: not a predictions file (header <id>,label,<classes>...)")
     if not rows or len(rows[0]) < 2:
         raise DataError(f"{path}: not a probabilities file (header id,<classes>...)")
     first = 2 if labelled else 1
@@ -198,24 +199,77 @@ def _pid_alive(info: dict) -> bool:
 
 
 def run_command(config: dict, script_defaults: dict) -> str:
-    """The command that trains the run of `config` (a config.json) in one go: its script, data and name,
-    and each option that differs from that script's defaults (as recorded in its run.json; without them,
-    every option that differs from the built-in defaults)."""
-    script = script_name(config["arch"])
-    defaults = script_defaults
-    built_in = built_in_defaults()
-    parts = ["python", script, "--data", config["data"], "--name", config["name"]]
+    """The command that trains the run of `config` (a config.json) in one go: its script, data and name (a
+    fold's: the base name that --fold extends), and each option that differs from that script's defaults (as
+    recorded in its run.json; without them, every option that differs from the built-in defaults)."""
+    parts = ["python", script_name(config["arch"]), "--data", config["data"], "--name", base_run_name(config)]
     if config.get("runs_dir", "runs") != "runs":
         parts += ["--runs-dir", config["runs_dir"]]
+    built_in = built_in_defaults()
     # An option missing from an older run's config.json did not exist then: the run had its built-in default.
     for key, value in {**built_in, **config}.items():
-        if key in NOT_IN_COMMAND or key not in built_in or value == defaults.get(key, built_in[key]):
+        if key in NOT_IN_COMMAND or key not in built_in or value == script_defaults.get(key, built_in[key]):
             continue
-        if isinstance(value, bool):
-            parts.append(flag(key) if value else flag("no_" + key))
-        else:
-            parts += [flag(key), f"{value:g}" if isinstance(value, float) else str(value)]
+        parts += _option_args(key, value)
     return " ".join(shlex.quote(str(p)) for p in parts)
+
+
+def base_run_name(config: dict) -> str:
+    """The --name that trains the run of `config`: a fold's run is named NAME-fK by the trainer
+    (trainer.fold_name), and its command gives NAME with --fold K."""
+    name, fold = str(config["name"]), config.get("fold") or 0
+    return name[:-len(f"-f{fold}")] if fold and name.endswith(f"-f{fold}") else name
+
+
+def _option_args(key: str, value) -> list[str]:
+    if isinstance(value, bool):
+        return [flag(key) if value else flag("no_" + key)]
+    return [flag(key), f"{value:g}" if isinstance(value, float) else str(value)]
+
+
+def start_options(config: dict) -> dict:
+    """The options of `config` that a resume may change and that shape what the run trains (run.json's
+    "starts" record them at each start)."""
+    return {key: config.get(key) for key in sorted(RESUMABLE_CHANGES - NOT_IN_COMMAND)}
+
+
+def run_commands(config: dict, script_defaults: dict, starts: list | None = None) -> list[str]:
+    """The commands that train the run of `config` again, given its `starts` (run.json: the epoch each start
+    began at and its `start_options`): one command when every start trained with the same options (a run
+    resumed after a pause or a stop is the same run as one that went through), else the sequence: the first
+    start's command stopped where the next began, then each resume with the options that changed."""
+    starts = [s for s in starts or [] if isinstance(s, dict) and isinstance(s.get("options"), dict)]
+    if not starts or starts[0].get("from_epoch") != 1 or all(s["options"] == starts[0]["options"] for s in starts):
+        return [run_command(config, script_defaults)]  # one go (or a history from before starts were recorded)
+    script = script_name(config["arch"])
+    resume = (Path(config.get("runs_dir", "runs")) / config["name"]).as_posix()
+    commands = []
+    for i, start in enumerate(starts):
+        options = start["options"]
+        if i == 0:
+            parts = shlex.split(run_command({**config, **options}, script_defaults))
+        else:
+            changed = {k: v for k, v in options.items() if v != starts[i - 1]["options"].get(k)}
+            parts = ["python", script, "--resume", resume]
+            parts += [a for k, v in changed.items() for a in _option_args(k, v)]
+        stop = starts[i + 1]["from_epoch"] - 1 if i + 1 < len(starts) else None
+        if stop is not None and stop < (options.get("epochs") or 0):  # where the next start took over
+            parts += [flag("stop_at_epoch"), str(stop)]
+        commands.append(" ".join(shlex.quote(str(p)) for p in parts))
+    return commands
+
+
+def _with_start(starts, run_dir: Path, from_epoch: int) -> list:
+    """run.json's "starts" with this start's: the epoch it begins at and its `start_options`, read from the
+    config.json it has just written. A start from an epoch before a recorded one replaces that one (a run
+    trained again from an earlier point)."""
+    try:
+        options = start_options(json.loads((run_dir / "config.json").read_text()))
+    except (OSError, ValueError, AttributeError):
+        return starts if isinstance(starts, list) else []
+    kept = [s for s in (starts if isinstance(starts, list) else [])
+            if isinstance(s, dict) and isinstance(s.get("from_epoch"), int) and s["from_epoch"] < from_epoch]
+    return kept + [{"from_epoch": from_epoch, "options": options}]
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -266,8 +320,9 @@ def runs_table(runs_dir: str | Path, commands: bool = False) -> str:
         if commands:
             try:
                 config = json.loads((info_path.parent / "config.json").read_text())
-                cmds.append(f"{cells['run']}: {run_command(config, info.get('script_defaults', {}))}")
-            except (OSError, ValueError, KeyError):
+                sequence = run_commands(config, info.get("script_defaults", {}), info.get("starts"))
+                cmds.append(f"{cells['run']}: {' && '.join(sequence)}")
+            except (OSError, ValueError, KeyError, TypeError):
                 cmds.append(f"{cells['run']}: (no readable config.json)")
     lines = [markdown_table([title for _, title in TABLE_COLUMNS], rows)]
     if cmds:
@@ -301,11 +356,14 @@ def duration(seconds: float) -> str:
 
 
 def update_run_info(run_dir: Path, **fields):
-    """Merge `fields` into the run's run.json and refresh the runs table beside the run folders. Never raises:
+    """Merge `fields` into the run's run.json and refresh the runs table beside the run folders; a start (status
+    "running" at `epochs_done`) also adds its options to run.json's "starts" (`run_commands`). Never raises:
     a damaged or foreign run.json is replaced, and a failure to write is a warning, not the end of a run."""
     run_dir = Path(run_dir)
     try:
         info = read_run_info(run_dir) or {}
+        if fields.get("status") == "running" and isinstance(fields.get("epochs_done"), int):  # a start
+            info["starts"] = _with_start(info.get("starts"), run_dir, fields["epochs_done"] + 1)
         info.update(fields, pid=os.getpid(), host=socket.gethostname(), updated=time.strftime("%Y-%m-%d %H:%M:%S"))
         atomic_write_text(run_dir / "run.json", json.dumps(info, indent=2))
     except (OSError, TypeError, ValueError) as e:
@@ -361,15 +419,15 @@ def release_run_dir(run_dir: Path):
 # ----------------------------------------------------------------------------------------------
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Tools for run folders.")
+    parser = cli.Parser(prog="runs.py", description="Tools for run folders.")
     sub = parser.add_subparsers(dest="command", required=True)
     table = sub.add_parser("table", help="print the runs table as Markdown")
-    table.add_argument("--runs-dir", default="runs")
+    table.add_argument("--runs-dir", default="runs", help="the folder that holds the run folders")
     table.add_argument("--commands", action="store_true", help="add the command that trains each run")
     table.add_argument("--into", type=Path, help="also write the table between the runs-table markers of this "
                        f"file ({TABLE_START} ... {TABLE_END})")
     plot = sub.add_parser("plot", help="redraw a run's curves.png from its metrics.csv")
-    plot.add_argument("run_dir", type=Path)
+    plot.add_argument("run_dir", type=Path, help="the run folder (its metrics.csv)")
     args = parser.parse_args(argv)
     if args.command == "table":
         table = runs_table(args.runs_dir, commands=args.commands)
@@ -386,4 +444,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -6,6 +6,7 @@ the learning-rate schedule. trainer.py trains the `Session` that `prepare_sessio
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -25,6 +26,7 @@ from torch import nn
 
 import data
 import metrics
+import runs
 from checkpoint import ModelSpec, init_from_checkpoint, load_checkpoint, make_checkpoint
 from compute import ComputeFormat, choose_format
 from config import TrainConfig, default_run_name
@@ -63,20 +65,80 @@ class EMA:
 
 @dataclass
 class LRSchedule:
-    """Linear warm-up, then cosine decay to zero, over every step of the run."""
+    """Linear warm-up, then cosine decay to zero, over every step of the run's first `epochs`. A resume that changed
+    --epochs adds a part (`resumed_schedule`): from its step "from_step" on, a linear warm-up of "warmup_epochs"
+    to "lr", then a cosine down to zero at the end of epoch "to_epoch"."""
     lr: float
     epochs: int
     steps_per_epoch: int
     warmup_epochs: float
+    parts: list[dict] = field(default_factory=list)
 
     def at(self, step: int) -> float:
-        total = self.epochs * self.steps_per_epoch
-        # A short run still decays: the warm-up never takes more than a quarter of it.
-        warmup = min(int(self.warmup_epochs * self.steps_per_epoch), total // 4)
-        if step < warmup:
-            return self.lr * (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
-        return self.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        for part in reversed(self.parts):
+            if step >= part["from_step"]:
+                return warmup_cosine(part["lr"], step - part["from_step"],
+                                     part["to_epoch"] * self.steps_per_epoch - part["from_step"],
+                                     int(part["warmup_epochs"] * self.steps_per_epoch))
+        return warmup_cosine(self.lr, step, self.epochs * self.steps_per_epoch,
+                             int(self.warmup_epochs * self.steps_per_epoch))
+
+    @property
+    def end_epoch(self) -> int:
+        return self.parts[-1]["to_epoch"] if self.parts else self.epochs
+
+    def state(self) -> dict:
+        """What rebuilds it on resuming (the checkpoint's training part)."""
+        return {"epochs": self.epochs, "parts": [dict(p) for p in self.parts]}
+
+
+def warmup_cosine(lr: float, step: int, total: int, warmup: int) -> float:
+    """The rate of `step` of `total`: a linear warm-up over `warmup` steps to `lr`, then cosine decay to zero."""
+    # A short run still decays: the warm-up never takes more than a quarter of it.
+    warmup = min(warmup, total // 4)
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def resumed_schedule(config: TrainConfig, resume: dict, steps_per_epoch: int) -> tuple[LRSchedule, dict | None]:
+    """The schedule of a resumed run: the one it trained on (older checkpoints: over their config's --epochs), and
+    when --epochs changed since, a part from the step reached to the new end (returned too, else None), as
+    --resume-schedule says. "continue": a cosine from the rate reached (the last step's) down to zero, so the rate
+    never jumps; "restart": a new cycle over the added epochs, a warm-up to --lr then a cosine to zero."""
+    saved = resume["training"].get("schedule") or {"epochs": resume["config"]["epochs"], "parts": []}
+    schedule = LRSchedule(config.lr, saved["epochs"], steps_per_epoch, config.warmup_epochs,
+                          [dict(p) for p in saved["parts"]])
+    reached = resume["epoch"] * steps_per_epoch + resume["training"].get("step", 0)
+    if schedule.end_epoch == config.epochs or reached >= config.epochs * steps_per_epoch:
+        return schedule, None  # the same schedule (an exact resume), or nothing left to train
+    schedule.parts = [p for p in schedule.parts if p["from_step"] < reached]
+    restart = config.resume_schedule == "restart"
+    part = {"kind": config.resume_schedule, "from_step": reached, "to_epoch": config.epochs,
+            "from_epochs": schedule.end_epoch, "rate_reached": schedule.at(max(reached - 1, 0)),
+            "warmup_epochs": config.warmup_epochs if restart else 0.0}
+    part["lr"] = config.lr if restart else part["rate_reached"]
+    schedule.parts.append(part)
+    return schedule, part
+
+
+def describe_schedule_change(part: dict, steps_per_epoch: int, peak_lr: float) -> str:
+    """The log line of a resume that changed --epochs: what the learning-rate schedule does now (its rule)."""
+    first = part["from_step"] // steps_per_epoch + 1
+    where = f"epoch {first}" + (f" step {part['from_step'] % steps_per_epoch + 1}" if part["from_step"] % steps_per_epoch
+                                else "")
+    change = f"--epochs {part['to_epoch']} (was {part['from_epochs']})"
+    if part["kind"] == "restart":
+        return (f"{change}: the learning-rate schedule restarts at {where} (the rate reached {part['rate_reached']:.1e}): "
+                f"a new cycle, warm-up to {part['lr']:.1e} then cosine to 0 over epochs {first}..{part['to_epoch']} "
+                "(--resume-schedule continue: go on from the rate reached instead)")
+    line = (f"{change}: the learning-rate schedule continues from the rate reached, {part['lr']:.1e}: a cosine from it "
+            f"down to 0 over epochs {first}..{part['to_epoch']} (--resume-schedule restart: a new cycle with warm-up "
+            "to --lr instead)")
+    if part["lr"] < 0.05 * peak_lr:
+        line += f"; that is under 5% of --lr {peak_lr:g} (the schedule had nearly ended): the weights will barely change"
+    return line
 
 
 @dataclass
@@ -90,6 +152,8 @@ class TrainData:
     val_idx: np.ndarray
     multi_label: bool = False
     skipped: dict[int, str] = field(default_factory=dict)  # --skip-bad: the unreadable images left out, and why
+    ids: list[str] = field(default_factory=list)  # the competition's id of each image (LabelledImages.ids)
+    id_column: str = "file"  # the name of the labels CSV's id column
 
 
 @dataclass
@@ -121,6 +185,7 @@ class Session:
     ema: EMA | None = None
     progress: Progress = field(default_factory=Progress)
     dataset_key: str = ""  # fingerprint of the training files and labels (`dataset_key`)
+    schedule_change: dict | None = None  # the part a resume that changed --epochs added (`resumed_schedule`)
 
     @property
     def eval_model(self) -> nn.Module:
@@ -131,13 +196,19 @@ class Session:
         """The names of the images `indices`, relative to the data folder (as checkpoints and CSVs hold them)."""
         return [relative_name(self.data.files[i], self.config.data) for i in indices]
 
+    def image_ids(self, indices) -> list[str]:
+        """The competition's ids of the images `indices` (as the prediction CSVs key them), else their names."""
+        if not self.data.ids:
+            return self.file_names(indices)
+        return [self.data.ids[i] for i in indices]
+
     def checkpoint(self, epoch: int, step: int = 0, partial: dict | None = None, resumable: bool = True) -> dict:
         """The checkpoint after `epoch` (and `step` steps of the next one, with its `partial` sums); only a
         `resumable` one (last.pt) holds the optimiser, RNG and training weights."""
         training = None
         if resumable:
             training = {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(), "step": step,
-                        "partial": partial or {}, "rng": torch.get_rng_state(),
+                        "partial": partial or {}, "rng": torch.get_rng_state(), "schedule": self.schedule.state(),
                         "cuda_rng": torch.cuda.get_rng_state(self.rt.device) if self.rt.device.type == "cuda" else None}
             if self.ema:  # resuming needs the trained weights as well as their average
                 training["train_model"] = self.raw_model.state_dict()
@@ -175,6 +246,47 @@ def run_dir_for(config: TrainConfig) -> Path:
         raise DataError(f"run folder {run_dir} already holds a run: resume it with --resume {run_dir}, "
                         "or choose another --name")
     return run_dir
+
+
+class StartClaim:
+    """Rank 0's hold on a run folder (its .lock, runs.claim_run_dir), and what it created, so that a start that
+    fails leaves no folder behind: only our own start files (START_FILES) and status "running" count as unstarted."""
+    START_FILES = {".lock", "config.json", "run.json", "skipped.txt"}
+
+    def __init__(self, run_dir: Path, is_main: bool):
+        self.run_dir, self.is_main, self.created, self.claimed = run_dir, is_main, [], False
+
+    def claim(self):
+        if not self.is_main:
+            return
+        self.created = [p for p in (self.run_dir, *self.run_dir.parents) if not p.exists()]
+        runs.claim_run_dir(self.run_dir)
+        self.claimed = True
+
+    def release(self):
+        if self.claimed:
+            runs.release_run_dir(self.run_dir)
+
+    def remove_if_unstarted(self):
+        if not self.claimed or self.run_dir not in self.created:
+            return
+        names = {p.name for p in self.run_dir.iterdir()}
+        status = (runs.read_run_info(self.run_dir) or {}).get("status", "running")
+        if names <= self.START_FILES and status == "running":
+            for name in names:
+                (self.run_dir / name).unlink(missing_ok=True)
+            self.claimed = False
+            with contextlib.suppress(OSError):
+                self.run_dir.rmdir()
+            table = self.run_dir.parent / "runs.md"  # the runs table beside it listed the run: now it has gone
+            with contextlib.suppress(OSError):
+                if self.run_dir.parent in self.created:
+                    table.unlink(missing_ok=True)
+                elif table.is_file():
+                    atomic_write_text(table, runs.runs_table(self.run_dir.parent))
+            for folder in self.created[1:]:  # the --runs-dir folders made for it
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
 
 
 def dataset_key(train_data: TrainData, root: str) -> str:
@@ -236,7 +348,7 @@ def load_train_data(config: TrainConfig, rt: Runtime) -> TrainData:
     if len(train_idx) < 2:
         raise DataError(f"only {len(train_idx)} training image(s) after the validation split")
     return TrainData(images.pixels, found.labels, found.files, found.class_names, train_idx, val_idx,
-                     found.multi_label, dict(images.bad))
+                     found.multi_label, dict(images.bad), found.ids, found.id_column)
 
 
 def check_labels_fit(config: TrainConfig, multi_label: bool):
@@ -395,9 +507,10 @@ def wrap_model(model: nn.Module, config: TrainConfig, rt: Runtime) -> nn.Module:
 # ----------------------------------------------------------------------------------------------
 
 def prepare_session(config: TrainConfig, rt: Runtime, run_dir: Path | None = None) -> tuple[Session, dict | None, dict | None]:
-    """Load the data, build the model and optimiser, choose the compute format, and restore a resumed run.
-    Returns the session, the resumed checkpoint (None for a new run) and how the compute format was
-    chosen (None when resumed: the run keeps its format)."""
+    """Load the data, build the model and optimiser, choose the compute format, and restore a resumed run; nothing
+    is written in the run's folder (the trainer records the start, and `record_skipped`). Returns the session, the
+    resumed checkpoint (None for a new run) and how the compute format was chosen (None when resumed: the run keeps
+    its format)."""
     torch.manual_seed(config.seed)
     resume = load_checkpoint(Path(config.resume) / "last.pt") if config.resume else None
     run_dir = run_dir or run_dir_for(config)
@@ -425,8 +538,7 @@ def prepare_session(config: TrainConfig, rt: Runtime, run_dir: Path | None = Non
     s = assemble_session(config, rt, run_dir, train_data, spec, model, key)
     if resume:
         restore_run(s, resume)
-    if train_data.skipped and rt.is_main:  # only now: a refused resume leaves the run's files as they were
-        record_skipped(run_dir, train_data.files, train_data.skipped)
+        s.schedule, s.schedule_change = resumed_schedule(config, resume, s.schedule.steps_per_epoch)
     return s, resume, choice
 
 

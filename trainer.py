@@ -10,6 +10,7 @@ metrics and the runs table in runs.py.
 from __future__ import annotations
 
 import contextlib
+import csv
 import dataclasses
 import json
 import logging
@@ -39,7 +40,8 @@ from images import label_text, parse_labels
 from inference import infer
 from models import head_name
 from runtime import Runtime, all_reduce, any_process, cuda_graphs, seconds_since_start, setup_runtime
-from session import Session, freeze_backbone, norm_source, prepare_session, run_dir_for
+from session import (Session, StartClaim, describe_schedule_change, freeze_backbone, norm_source, prepare_session,
+                     record_skipped, run_dir_for)
 
 log = logging.getLogger("imgcomp")
 
@@ -316,23 +318,28 @@ def train(config: TrainConfig, script_defaults: dict | None = None, notes: tuple
 
 
 def _train(config: TrainConfig, rt: Runtime, script_defaults: dict, notes: tuple[str, ...] = ()) -> Path:
-    """One run on a started runtime, in its folder, which rank 0 holds while it trains."""
+    """One run on a started runtime, in its folder, which rank 0 holds while it trains. The folder is created
+    once the session is set up (every check passed); a start that fails before its first epoch removes it."""
     run_dir = run_dir_for(config)
-    if not rt.is_main:
-        return _train_run(config, rt, script_defaults, run_dir, notes)
-    runs.claim_run_dir(run_dir)
+    claim = StartClaim(run_dir, rt.is_main)
     try:
-        return _train_run(config, rt, script_defaults, run_dir, notes)
+        return _train_run(config, rt, script_defaults, run_dir, notes, claim)
+    except BaseException:
+        claim.remove_if_unstarted()
+        raise
     finally:
-        runs.release_run_dir(run_dir)
+        claim.release()
 
 
 def _train_run(config: TrainConfig, rt: Runtime, script_defaults: dict, run_dir: Path,
-               notes: tuple[str, ...]) -> Path:
+               notes: tuple[str, ...], claim: StartClaim) -> Path:
     """The plan of a run: set up, then per epoch train, evaluate, record, write, and decide whether to go on."""
     s, resume, choice = prepare_session(config, rt, run_dir)
     start_epoch, start_step, partial = resumed_position(s, resume)
     if rt.is_main:
+        claim.claim()
+        if s.data.skipped:  # only now: a refused resume leaves the run's files as they were
+            record_skipped(run_dir, s.data.files, s.data.skipped)
         record_start(s, start_epoch, resume is not None, choice, script_defaults, notes)
     with StopRequest() as stop:
         for epoch in range(start_epoch, s.config.epochs + 1):
@@ -378,14 +385,16 @@ def record_start(s: Session, start_epoch: int, resuming: bool, choice: dict | No
     """On rank 0: the run's config.json and run.json, and the log lines that say what it trains (and `notes`)."""
     config, p, run_dir = s.config, s.progress, s.run_dir
     ready = round(seconds_since_start(), 1)
+    size_from = None if resuming else image_size_origin(config, script_defaults)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, run_dir)
     runs.update_run_info(run_dir, name=run_dir.name, arch=config.arch, epochs=config.epochs,
                          epochs_done=start_epoch - 1, batch_size=config.batch_size, img_size=config.img_size,
                          mode=str(s.spec.compute), status="running", multi_label=s.spec.multi_label,
                          best_val_acc=p.best_val_acc if p.best_epoch else None, metric=config.metric,
-                         train_time=p.train_time, script_defaults=script_defaults,
-                         startup_s=ready, **({"mode_choice": choice} if choice else {}))
+                         train_time=p.train_time, script_defaults=script_defaults, lr_schedule=s.schedule.state(),
+                         startup_s=ready, **({"mode_choice": choice} if choice else {}),
+                         **({"img_size_from": size_from} if size_from else {}))
     log.info("%s: %s on %s, %d %s, %d train / %d val images of %dx%dx%d, %s, %d epochs -> %s (ready %.1f s "
              "after start)", "resuming" if resuming else "training", config.arch, s.rt.device, len(s.spec.class_names),
              "tags (multi-label)" if s.spec.multi_label else "classes", len(s.data.train_idx), len(s.data.val_idx),
@@ -395,6 +404,11 @@ def record_start(s: Session, start_epoch: int, resuming: bool, choice: dict | No
                  "the learning rate; the backbone frozen for the first %d epoch(s)", config.pretrained or "random",
                  norm_source(config), s.spec.mean, s.spec.std, head_name(config.arch), config.head_lr_mult,
                  config.freeze_epochs)
+    log.info("image size %d px (%s)", config.img_size, {
+        "flag": "--img-size", "script default": f"{script_name(config.arch)}'s default", None: "the resumed run's: it "
+        "cannot change on resuming", "built-in default": "the built-in default"}[size_from])
+    if s.schedule_change:
+        log.info(describe_schedule_change(s.schedule_change, s.schedule.steps_per_epoch, config.lr))
     for note in notes:
         log.info(note)
     if s.spec.multi_label and config.metric == "accuracy":
@@ -402,6 +416,14 @@ def record_start(s: Session, start_epoch: int, resuming: bool, choice: dict | No
                  "tag competitions are mostly scored per image: --metric f2_samples or f1_samples")
     if start_epoch > config.epochs:
         log.info("the run already has %d epochs; raise --epochs to train longer", config.epochs)
+
+
+def image_size_origin(config: TrainConfig, script_defaults: dict) -> str:
+    """Where a new run's --img-size comes from (run.json's img_size_from): "flag" when it differs from the
+    default of its script ("script default") or, without one, from the built-in one ("built-in default")."""
+    if "img_size" in script_defaults:
+        return "script default" if config.img_size == script_defaults["img_size"] else "flag"
+    return "built-in default" if config.img_size == TrainConfig().img_size else "flag"
 
 
 def seed_epoch(s: Session, epoch: int, interrupted: dict | None):
@@ -469,9 +491,9 @@ def write_epoch(s: Session, epoch: int, row: dict, val: dict, improved: bool):
     if improved:
         save_checkpoint(run_dir / "best.pt", s.checkpoint(epoch, resumable=False))
         if has_val:  # the best epoch's validation predictions: for ensembles and out-of-fold scores
-            runs.write_predictions(run_dir / "val_predictions.csv", s.file_names(val["indices"]),
+            runs.write_predictions(run_dir / "val_predictions.csv", s.image_ids(val["indices"]),
                                    [label_text(s.data.labels[i], s.spec.class_names, s.spec.multi_label)
-                                    for i in val["indices"]], val["probs"], s.spec.class_names)
+                                    for i in val["indices"]], val["probs"], s.spec.class_names, s.data.id_column)
     runs.write_metrics(run_dir / "metrics.csv", p.history)
     runs.plot_curves(run_dir)
     runs.update_run_info(run_dir, epochs_done=epoch, best_val_acc=p.best_val_acc, best_val_score=p.best_val_score,
@@ -548,14 +570,15 @@ def train_folds(config: TrainConfig, script_defaults: dict | None = None, notes:
 
 
 def collect_out_of_fold(runs_dir: Path, base: str, folds: int, metric: str) -> Path:
-    """The folds' validation predictions (each at its best epoch) in one file, RUNS/BASE-oof.csv, sorted by file,
-    every training image exactly once; its score is printed and recorded in RUNS/BASE-oof.json, with (multi-label)
+    """The folds' validation predictions (each at its best epoch) in one file, RUNS/BASE-oof.csv, keyed and sorted
+    by the competition's id (the labels CSV's id column, named as there), every training image exactly once; its score is printed and recorded in RUNS/BASE-oof.json, with (multi-label)
     the tags' thresholds fitted for the metric on these out-of-fold probabilities, which the score decides with."""
     files, labels, probs, names = read_folds(runs_dir, base, folds)
     order = sorted(range(len(files)), key=lambda i: data.natural_key(files[i]))
     files, labels, probs = [files[i] for i in order], [labels[i] for i in order], np.array([probs[i] for i in order])
     out = runs_dir / f"{base}-oof.csv"
-    runs.write_predictions(out, files, labels, probs, names)
+    runs.write_predictions(out, files, labels, probs, names,
+                           id_column=id_column_of(runs_dir / fold_name(base, 1) / "val_predictions.csv"))
     multi_label = folds_multi_label(runs_dir, base, folds)
     truth = parse_labels(labels, names, multi_label, out, list(range(2, len(labels) + 2)))
     thresholds = metrics.fit_thresholds(metric, probs, truth) if multi_label else None
@@ -579,6 +602,9 @@ def read_folds(runs_dir: Path, base: str, folds: int) -> tuple[list[str], list[s
         f, l, n, p = runs.read_predictions(path)
         if names is not None and n != names:
             raise DataError(f"{path}: other classes than fold 1's")
+        if id_column_of(path) != id_column_of(runs_dir / fold_name(base, 1) / "val_predictions.csv"):
+            raise DataError(f"{path}: its images are named by another column than fold 1's (a fold trained by an "
+                            "older version names them by file): train the folds with the same version")
         names = n
         files += f
         labels += l
@@ -586,6 +612,12 @@ def read_folds(runs_dir: Path, base: str, folds: int) -> tuple[list[str], list[s
     if len(set(files)) != len(files):
         raise DataError(f"the folds of {base} hold out overlapping images: were they trained with different --seed?")
     return files, labels, probs, names
+
+
+def id_column_of(path: Path) -> str:
+    """The id column's name in the header of a predictions file (`file` in older runs)."""
+    with open(path, newline="", encoding="utf-8") as f:
+        return next(csv.reader(f), ["file"])[0]
 
 
 def folds_multi_label(runs_dir: Path, base: str, folds: int) -> bool:

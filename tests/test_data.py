@@ -229,6 +229,56 @@ def test_describe_and_info_command(csv_dataset, capsys):
     assert "'cat': 20" in out and "test images: 12" in out
 
 
+def test_show_command_draws_training_images_per_class(csv_dataset, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    data.main(["show", str(csv_dataset), "--per-class", "1"])
+    default = tmp_path / "comp-show.png"  # DIR's name + -show.png, in the working folder
+    assert capsys.readouterr().out.strip() == str(Path("comp-show.png"))
+    data.main(["show", str(csv_dataset), "--per-class", "4", "--out", str(tmp_path / "four.png")])
+    one, four = cv2.imread(str(default)), cv2.imread(str(tmp_path / "four.png"))
+    assert one is not None and four is not None
+    assert four.shape[1] > one.shape[1] and four.shape[0] == one.shape[0]  # wider with more images per class
+    assert (tmp_path / "four.png").stat().st_size > default.stat().st_size
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["comp-show.png", "four.png"]  # no temp files
+
+
+def test_show_command_on_multi_label_data_and_bad_options(tmp_path, capsys):
+    root = csv_competition(tmp_path / "tags", [(f"i{k}", tags) for k, tags in
+                                               enumerate(["sky", "sky sea", "sea tree", "tree", "sky tree", "sea"])],
+                           header=("image_name", "tags"))
+    out = tmp_path / "tags.png"
+    data.main(["show", str(root), "--out", str(out), "--per-class", "2", "--img-size", "16"])
+    assert cv2.imread(str(out)) is not None
+    for argv, message in [(["--per-class", "0"], "error: --per-class 0: must be at least 1"),
+                          (["--img-size", "4"], "error: --img-size 4: must be at least 8")]:
+        with pytest.raises(SystemExit) as e:
+            data.main(["show", str(root), "--out", str(out), *argv])
+        assert str(e.value.code).startswith(message)
+
+
+def test_preview_picks_images_per_class_by_first_tag():
+    import preview
+    single = np.array([0, 1, 0, 2, 0, 1])
+    picks = preview.pick_per_class(single, 3, 2, exclude={2})
+    assert [sorted(p.tolist()) for p in picks][1:] == [[1, 5], [3]]
+    assert set(picks[0].tolist()) <= {0, 4} and len(picks[0]) == 2  # image 2 is unreadable
+    tags = np.array([[0, 1, 1], [1, 1, 0], [0, 0, 0], [0, 0, 1]], np.uint8)
+    assert [p.tolist() for p in preview.pick_per_class(tags, 3, 5)] == [[1], [0], [3]]  # image 2 has no tag
+
+
+def test_preview_pixels_go_through_training_augmentation():
+    import preview
+    pixels = np.random.default_rng(0).integers(0, 256, (6, 1, 8, 8), dtype=np.uint8)
+    indices = np.array([4, 1, 3])
+    plain = preview.augmented_pixels(pixels, indices, data.Augment(hflip=False))
+    assert np.allclose(plain, pixels[indices] / 255.0)
+    state = torch.random.get_rng_state()
+    flipped = preview.augmented_pixels(pixels, indices, data.Augment(hflip=True), seed=3)
+    assert torch.equal(state, torch.random.get_rng_state())  # torch's own generator is left as it was
+    assert all(np.allclose(f, p) or np.allclose(f, p[..., ::-1]) for f, p in zip(flipped, plain))
+    assert np.array_equal(flipped, preview.augmented_pixels(pixels, indices, data.Augment(hflip=True), seed=3))
+
+
 # ----------------------------------------------------------------------------------------------
 # Decoding: channels, bit depth, sizes
 # ----------------------------------------------------------------------------------------------

@@ -349,3 +349,56 @@ def test_an_unknown_metric_in_a_checkpoint_is_an_error(comp, good, tmp_path):
     with pytest.raises(SystemExit) as exc:
         run_predict(odd, "--data", comp, "--out", tmp_path / "s.csv")
     assert str(exc.value.code).startswith("error: ") and "--metric" in str(exc.value.code)
+
+
+def test_weights_given_by_hand_blend_in_the_order_given(comp, good, bad, tmp_path, capsys):
+    for name, members in (("good", [good]), ("bad", [bad])):
+        run_predict(*members, "--data", comp, "--out", tmp_path / f"{name}.csv", "--probs", tmp_path / f"{name}_p.csv")
+    run_predict(good, bad, "--data", comp, "--out", tmp_path / "both.csv", "--probs", tmp_path / "both_p.csv",
+                "--weights", "3,1")  # normalised: 0.75, 0.25
+    expected = 0.75 * read_probs(tmp_path / "good_p.csv") + 0.25 * read_probs(tmp_path / "bad_p.csv")
+    np.testing.assert_allclose(read_probs(tmp_path / "both_p.csv"), expected, atol=3e-6)
+    printed = capsys.readouterr().out
+    assert f"the submission uses the 2 models: {good.parent} (weight 0.75), {bad} (weight 0.25)" in printed
+    w = weighting([good, bad], comp, mode=(3.0, 1.0))
+    assert (w.choice, list(w.weights), w.n_val) == ("given", [0.75, 0.25], 210)  # scored on the shared images
+    assert w.member_scores[0] > w.member_scores[1] and w.score is not None
+    for bad_value, what in (("0.5,0.3,0.2", "3 weight(s) for 2 models"), ("0.7,x", "expected fit, equal or one"),
+                            ("-1,2", "non-negative"), ("0,0", "non-negative")):
+        with pytest.raises(SystemExit) as exc:
+            run_predict(good, bad, "--data", comp, "--out", tmp_path / "x.csv", f"--weights={bad_value}")
+        # the count is checked against the models (error: ...), the numbers by the parser (exit status 2)
+        message = str(exc.value.code) if exc.value.code != 2 else capsys.readouterr().err
+        assert "--weights" in message and what in message, message
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_the_log_says_which_models_the_submission_uses(comp, good, bad, tmp_path, capsys):
+    run_predict(good, bad, "--data", comp, "--out", tmp_path / "s.csv")
+    printed = capsys.readouterr().out
+    assert (f"the submission uses 1 of 2 models: {good.parent} (weight 1.0); {bad} left out: weight 0 "
+            "(the best member alone") in printed
+    assert "rows (labels), 1 of 2 models" in printed and "2 model(s)" not in printed
+
+
+def test_the_folds_table_shows_each_folds_score_and_the_real_out_of_fold_path(tmp_path):
+    def fold(k, metric, score):
+        run_dir = tmp_path / "runs" / f"kf-f{k}"
+        run_dir.mkdir(parents=True)
+        runs.write_predictions(run_dir / "val_predictions.csv", [f"train/{k}{i}.png" for i in range(4)],
+                               ["a", "b", "a", "b"], [[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.7, 0.3]], ["a", "b"])
+        config = {"name": f"kf-f{k}", "fold": k, "folds": 2, "seed": 0, "data": "d", "arch": "cnn", "metric": metric}
+        return SimpleNamespace(checkpoint={"config": config, "best_val_score": score, "best_val_acc": 0.75},
+                               path=run_dir / "best.pt", run_dir=run_dir, class_names=["a", "b"],
+                               spec=SimpleNamespace(multi_label=False, thresholds=None, arch="cnn"))
+    folds = [fold(1, "accuracy", 0.75), fold(2, "log_loss", 0.4)]
+    w = predict.ensemble_weights(folds, tmp_path, None, torch.device("cpu"), 64, False, "accuracy")
+    assert w.member_scores == [0.75, 0.75]  # recorded, and the accuracy recorded beside another metric
+    table = ensemble.format_weighting(w, folds, tta=False)
+    assert str(tmp_path / "runs" / "kf-oof.json") in table and "RUNS/NAME" not in table
+    assert "0.7500" in table
+    # a metric a fold did not record: scored on its validation predictions
+    w = predict.ensemble_weights(folds, tmp_path, None, torch.device("cpu"), 64, False, "log_loss")
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.7, 0.3]])
+    assert w.member_scores[0] == pytest.approx(metrics.score("log_loss", probs, np.array([0, 1, 0, 1])), abs=1e-6)
+    assert w.member_scores[1] == 0.4

@@ -58,9 +58,9 @@ def write_tagged_dataset(root: Path, n: int = 96, size: int = 16, seed: int = 0)
 
 
 def true_tags(root: Path) -> dict[str, str]:
-    """Each training image's tags (as train.csv writes them), by its file name relative to the data folder."""
+    """Each training image's tags (as train.csv writes them), by its id (train.csv's image_name)."""
     with open(root / "train.csv", newline="") as f:
-        return {f"train/{r['image_name']}.png": r["tags"] for r in csv.DictReader(f)}
+        return {r["image_name"]: r["tags"] for r in csv.DictReader(f)}
 
 
 def train(*args, **overrides) -> Path:

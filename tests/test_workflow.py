@@ -59,7 +59,8 @@ def test_k_fold_covers_every_image_once_and_resumes_per_fold(dataset, tmp_path, 
     assert (tmp_path / "kf-f2" / "last.pt").read_bytes() == fold2  # done: not trained again
     files, labels, names, probs = runs.read_predictions(oof)
     found = data.find_labelled_images(dataset)
-    assert sorted(files) == sorted(f"train/{p.name}" for p in found.files)  # every training image exactly once
+    assert sorted(files) == sorted(found.ids) and len(found.ids) == 36  # every training image exactly once
+    assert next(csv.reader(oof.open()))[:2] == ["id", "label"]  # keyed by train.csv's own id column
     held_out = [set(runs.read_predictions(tmp_path / f"kf-f{i}" / "val_predictions.csv")[0]) for i in (1, 2, 3)]
     assert all(not (a & b) for k, a in enumerate(held_out) for b in held_out[k + 1:])
     assert [len(h) for h in held_out] == [12, 12, 12]  # stratified: 4 of each class per fold

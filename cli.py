@@ -1,0 +1,45 @@
+"""What every command line shares: one parser class (a wrong flag is one `error:` line and a pointer to
+--help, not a page of usage) and a clean exit when the reader of its output goes away (`... | head`)."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """--help keeps the description's own lines and shows each option's default, unless its help already
+    says it or it has none worth showing (off, unset)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("default" in text or default in (None, False, "") or default is argparse.SUPPRESS
+                or not (action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE))):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse's parser with one-line errors: `error: <message>` and `(see: python <prog> --help)`, exit
+    status 2 as argparse's own. Subcommands' parsers are of this class too (argparse makes them so)."""
+
+    def __init__(self, *args, formatter_class=HelpFormatter, **kwargs):
+        super().__init__(*args, formatter_class=formatter_class, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message}\n(see: python {self.prog} --help)\n")
+
+
+def run(main, *args, **kwargs):
+    """Call `main`, and end quietly when stdout is a pipe its reader has closed: the rest of the output goes to
+    /dev/null and the exit status is 141 (128 + SIGPIPE, as a shell reports a command stopped by the pipe)."""
+    try:
+        result = main(*args, **kwargs)
+        sys.stdout.flush()  # inside the try: Python's own flush at exit would report the closed pipe
+        return result
+    except BrokenPipeError:
+        # Python flushes stdout again on exit: point it at /dev/null so that flush cannot fail too.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(141)
