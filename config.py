@@ -198,6 +198,18 @@ def script_name(arch: str) -> str:
     return f"train_{arch}.py"
 
 
+def fold_name(base: str, fold: int) -> str:
+    """The run of fold `fold` of the k-fold runs named `base` (the one place the suffix is spelled)."""
+    return f"{base}-f{fold}"
+
+
+def fold_base(config: dict) -> str | None:
+    """The k-fold runs' name (--name) of a fold's run config (a config.json), or None when it is no fold."""
+    name, fold = str(config.get("name", "")), config.get("fold") or 0
+    suffix = fold_name("", fold)
+    return name[:-len(suffix)] if fold and config.get("folds", 0) >= 2 and name.endswith(suffix) else None
+
+
 def default_run_name(arch: str) -> str:
     """A new run's name when --name is not given: <arch>-<date>-<time>."""
     return f"{arch}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "working folder)")
     show.add_argument("--per-class", type=int, default=4, metavar="N", help="images per class")
     show.add_argument("--img-size", type=int, default=None, metavar="S", help="the size training would resize to "
-                      "(default: training's --img-size; the images are decoded into the cache training uses)")
+                      "(default: the built-in --img-size, train_cnn.py's; give the size your script trains at; the images are "
+                      "decoded into the cache training uses)")
     show.add_argument("--seed", type=int, default=0, help="which images, and their augmentation")
     return parser
 

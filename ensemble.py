@@ -24,6 +24,7 @@ import data
 import metrics
 import runs
 from checkpoint import ModelSpec
+from config import fold_base
 from errors import DataError, OptionError
 
 
@@ -312,9 +313,9 @@ def fold_groups(members: list[Member]) -> list[tuple[Path, list[int]]] | None:
     groups: dict[tuple, list[int]] = {}
     for i, p in enumerate(members):
         c = p.checkpoint["config"]
-        if c.get("folds", 0) < 2 or not str(c.get("name", "")).endswith(f"-f{c.get('fold')}"):
+        base = fold_base(c)
+        if base is None:
             return None
-        base = c["name"][:-len(f"-f{c['fold']}")]
         groups.setdefault((str(p.run_dir.parent / f"{base}-oof.csv"), c["folds"]), []).append(i)
     complete = all(len({members[i].checkpoint["config"]["fold"] for i in indices}) == folds == len(indices)
                    for (_, folds), indices in groups.items())
@@ -404,9 +405,8 @@ def recorded_val_score(checkpoint: dict, metric: str) -> float | None:
 
 def oof_summary_path(members: list[Member]) -> Path | None:
     """RUNS/BASE-oof.json of the k-fold run whose folds are `members` (None when the first is not named as a fold)."""
-    config = members[0].checkpoint["config"]
-    name, suffix = str(config.get("name", "")), f"-f{config.get('fold')}"
-    return members[0].run_dir.parent / f"{name[:-len(suffix)]}-oof.json" if name.endswith(suffix) else None
+    base = fold_base(members[0].checkpoint["config"])
+    return members[0].run_dir.parent / f"{base}-oof.json" if base is not None else None
 
 
 def recorded_val_scores(checkpoint: dict) -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 import cli
-from config import NOT_IN_COMMAND, RESUMABLE_CHANGES, built_in_defaults, script_name
+from config import NOT_IN_COMMAND, RESUMABLE_CHANGES, built_in_defaults, fold_base, script_name
 from data import natural_key
 from errors import DataError, explain, flag
 from fileio import atomic_write, atomic_write_text
@@ -216,9 +216,8 @@ def run_command(config: dict, script_defaults: dict) -> str:
 
 def base_run_name(config: dict) -> str:
     """The --name that trains the run of `config`: a fold's run is named NAME-fK by the trainer
-    (trainer.fold_name), and its command gives NAME with --fold K."""
-    name, fold = str(config["name"]), config.get("fold") or 0
-    return name[:-len(f"-f{fold}")] if fold and name.endswith(f"-f{fold}") else name
+    (config.fold_name), and its command gives NAME with --fold K."""
+    return fold_base(config) or str(config["name"])
 
 
 def _option_args(key: str, value) -> list[str]:

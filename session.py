@@ -270,6 +270,10 @@ class StartClaim:
     def remove_if_unstarted(self):
         if not self.claimed or self.run_dir not in self.created:
             return
+        with contextlib.suppress(OSError):  # tidying up never hides the error that stopped the start
+            self._remove()
+
+    def _remove(self):
         names = {p.name for p in self.run_dir.iterdir()}
         status = (runs.read_run_info(self.run_dir) or {}).get("status", "running")
         if names <= self.START_FILES and status == "running":

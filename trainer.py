@@ -33,7 +33,7 @@ import data
 import metrics
 import runs
 from checkpoint import load_checkpoint, save_checkpoint
-from config import TrainConfig, build_parser, default_run_name, parse_config, save_config, script_name
+from config import TrainConfig, build_parser, default_run_name, fold_name, parse_config, save_config, script_name
 from errors import DataError, UsageError, explain
 from fileio import atomic_write_text
 from images import label_text, parse_labels
@@ -541,11 +541,6 @@ def record_finish(s: Session):
 # ----------------------------------------------------------------------------------------------
 # K folds, and the entry point
 # ----------------------------------------------------------------------------------------------
-
-def fold_name(base: str, fold: int) -> str:
-    """The run of fold `fold` of the k-fold runs named `base`."""
-    return f"{base}-f{fold}"
-
 
 def train_folds(config: TrainConfig, script_defaults: dict | None = None, notes: tuple[str, ...] = ()) -> Path:
     """--folds K: train (or resume, or skip when done) the runs NAME-f1..NAME-fK, each holding out its fold, then
