@@ -400,7 +400,9 @@ def recorded_val_score(checkpoint: dict, metric: str) -> float | None:
             value = rows[0].get("val_score") if rows else None
     if value is None and metric == "accuracy":
         value = checkpoint.get("best_val_acc")
-    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) and value >= 0 else None
+    # best_val_acc is -1 before a first epoch; other metrics (kappa) may be negative
+    usable = isinstance(value, (int, float)) and math.isfinite(value) and (metric != "accuracy" or value >= 0)
+    return float(value) if usable else None
 
 
 def oof_summary_path(members: list[Member]) -> Path | None:
@@ -412,18 +414,9 @@ def oof_summary_path(members: list[Member]) -> Path | None:
 def recorded_val_scores(checkpoint: dict) -> str:
     """A member's own best validation score as its run recorded it: its accuracy, and the run's metric when
     that is another and was recorded (checkpoint "best_val_score", else the best epoch's "val_score")."""
-    parts = []
-    accuracy = checkpoint.get("best_val_acc")
-    if isinstance(accuracy, (int, float)) and math.isfinite(accuracy) and accuracy >= 0:
-        parts.append(f"accuracy {accuracy:.4f}")
     metric = checkpoint["config"].get("metric", "accuracy")
-    if metric != "accuracy":
-        value = checkpoint.get("best_val_score")
-        if value is None:
-            rows = [r for r in checkpoint.get("history", []) if r.get("epoch") == checkpoint.get("best_epoch")]
-            value = rows[0].get("val_score") if rows else None
-        if isinstance(value, (int, float)) and math.isfinite(value):
-            parts.append(f"{metric} {value:.4f}")
+    scores = [(m, recorded_val_score(checkpoint, m)) for m in dict.fromkeys(("accuracy", metric))]
+    parts = [f"{m} {value:.4f}" for m, value in scores if value is not None]
     return ", ".join(parts) or "none recorded (no validation split)"
 
 

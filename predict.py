@@ -471,8 +471,10 @@ def _weights_option(text: str):
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: expected fit, equal or one number per model (e.g. 0.7,0.3)") \
             from None
-    if not all(math.isfinite(v) and v >= 0 for v in weights) or sum(weights) <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: weights must be non-negative numbers, not all 0")
+    try:  # the values checked where they are read, by the one check of hand-given weights
+        given_weights(weights, len(weights))
+    except OptionError as e:
+        raise argparse.ArgumentTypeError(f"{text!r}: {e}") from None
     return weights
 
 

@@ -568,12 +568,11 @@ def collect_out_of_fold(runs_dir: Path, base: str, folds: int, metric: str) -> P
     """The folds' validation predictions (each at its best epoch) in one file, RUNS/BASE-oof.csv, keyed and sorted
     by the competition's id (the labels CSV's id column, named as there), every training image exactly once; its score is printed and recorded in RUNS/BASE-oof.json, with (multi-label)
     the tags' thresholds fitted for the metric on these out-of-fold probabilities, which the score decides with."""
-    files, labels, probs, names = read_folds(runs_dir, base, folds)
+    files, labels, probs, names, id_column = read_folds(runs_dir, base, folds)
     order = sorted(range(len(files)), key=lambda i: data.natural_key(files[i]))
     files, labels, probs = [files[i] for i in order], [labels[i] for i in order], np.array([probs[i] for i in order])
     out = runs_dir / f"{base}-oof.csv"
-    runs.write_predictions(out, files, labels, probs, names,
-                           id_column=id_column_of(runs_dir / fold_name(base, 1) / "val_predictions.csv"))
+    runs.write_predictions(out, files, labels, probs, names, id_column=id_column)
     multi_label = folds_multi_label(runs_dir, base, folds)
     truth = parse_labels(labels, names, multi_label, out, list(range(2, len(labels) + 2)))
     thresholds = metrics.fit_thresholds(metric, probs, truth) if multi_label else None
@@ -586,10 +585,11 @@ def collect_out_of_fold(runs_dir: Path, base: str, folds: int, metric: str) -> P
     return out
 
 
-def read_folds(runs_dir: Path, base: str, folds: int) -> tuple[list[str], list[str], list[list[float]], list[str]]:
-    """(files, labels, probabilities, class names) of the validation predictions of every fold of `base`, which
-    must hold out disjoint images and share their classes."""
-    files, labels, probs, names = [], [], [], None
+def read_folds(runs_dir: Path, base: str,
+               folds: int) -> tuple[list[str], list[str], list[list[float]], list[str], str]:
+    """(ids, labels, probabilities, class names, the id column's name) of the validation predictions of every fold
+    of `base`, which must hold out disjoint images and share their classes and id column."""
+    files, labels, probs, names, id_column = [], [], [], None, None
     for fold in range(1, folds + 1):
         path = runs_dir / fold_name(base, fold) / "val_predictions.csv"
         if not path.is_file():
@@ -597,16 +597,17 @@ def read_folds(runs_dir: Path, base: str, folds: int) -> tuple[list[str], list[s
         f, l, n, p = runs.read_predictions(path)
         if names is not None and n != names:
             raise DataError(f"{path}: other classes than fold 1's")
-        if id_column_of(path) != id_column_of(runs_dir / fold_name(base, 1) / "val_predictions.csv"):
+        column = id_column_of(path)
+        if id_column is not None and column != id_column:
             raise DataError(f"{path}: its images are named by another column than fold 1's (a fold trained by an "
                             "older version names them by file): train the folds with the same version")
-        names = n
+        names, id_column = n, column
         files += f
         labels += l
         probs += p
     if len(set(files)) != len(files):
         raise DataError(f"the folds of {base} hold out overlapping images: were they trained with different --seed?")
-    return files, labels, probs, names
+    return files, labels, probs, names, id_column
 
 
 def id_column_of(path: Path) -> str:

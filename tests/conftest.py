@@ -152,3 +152,17 @@ def small_disk(folder: Path, size: str):
         yield folder
     finally:  # lazily: a file the test still holds open (an exception's traceback) must not fail it
         subprocess.run(["umount", "--lazy", str(folder)], check=True)
+
+
+def run_predict(*argv) -> None:
+    """predict.py's main with `argv` (stringified), without its progress bars."""
+    import predict
+    predict.main([str(a) for a in argv] + ["--no-progress"])
+
+
+def predict_error(*argv) -> str:
+    """The `error: ...` that predict.py exits with for `argv`."""
+    with pytest.raises(SystemExit) as exc:
+        run_predict(*argv)
+    assert isinstance(exc.value.code, str) and exc.value.code.startswith("error: "), exc.value.code
+    return exc.value.code

@@ -21,7 +21,7 @@ import data
 import predict
 import checkpoint
 import trainer
-from conftest import ROOT, to_version_1, write_csv, write_dataset
+from conftest import ROOT, predict_error, run_predict, to_version_1, write_csv, write_dataset
 from submission import submission_accuracy
 
 # Names that need CSV quoting (comma, double quote) and a slash, sorted so that the class index differs
@@ -33,17 +33,6 @@ def train(arch: str, data_dir: Path, runs_dir: Path, name: str, *extra: str) -> 
     defaults = importlib.import_module(f"train_{arch}").DEFAULTS
     return trainer.main(arch, ["--data", str(data_dir), "--epochs", "1", "--runs-dir", str(runs_dir), "--name", name,
                                "--precision", "fp32", "--channels-last", "off", "--no-progress", *extra], **defaults)
-
-
-def run_predict(*argv) -> None:
-    predict.main([str(a) for a in argv] + ["--no-progress"])
-
-
-def predict_error(*argv) -> str:
-    with pytest.raises(SystemExit) as exc:
-        run_predict(*argv)
-    assert isinstance(exc.value.code, str) and exc.value.code.startswith("error: "), exc.value.code
-    return exc.value.code
 
 
 def read_rows(path: Path) -> tuple[list[str], list[list[str]]]:

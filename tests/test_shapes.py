@@ -20,7 +20,7 @@ import data
 import metrics
 import predict
 import trainer
-from conftest import ROOT, class_image, write_csv, write_dataset
+from conftest import ROOT, class_image, predict_error, run_predict, write_csv, write_dataset
 from errors import DataError, OptionError, UsageError, explain
 from submission import (Shape, check_submission, choose_shape, read_sample, solution_images, submission_cells,
                         write_submission)
@@ -293,17 +293,6 @@ def train(data_dir: Path, runs_dir: Path, name: str, *extra) -> Path:
     return trainer.main("cnn", [str(a) for a in ["--data", data_dir, "--epochs", 1, "--runs-dir", runs_dir, "--name",
                                                  name, "--precision", "fp32", "--channels-last", "off",
                                                  "--no-progress", "--img-size", 16, *extra]], **defaults)
-
-
-def run_predict(*argv) -> None:
-    predict.main([str(a) for a in argv] + ["--no-progress"])
-
-
-def predict_error(*argv) -> str:
-    with pytest.raises(SystemExit) as exc:
-        run_predict(*argv)
-    assert isinstance(exc.value.code, str) and exc.value.code.startswith("error: "), exc.value.code
-    return exc.value.code
 
 
 def printed_score(out: str, metric: str) -> float:
