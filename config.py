@@ -116,6 +116,11 @@ class TrainConfig:
     progress: bool = _opt(True, "show a progress bar per epoch")
     allow_data_change: bool = _opt(False, "with --resume: continue although the dataset's files changed since the run "
                                           "began (its training and validation images then change)")
+    find_lr: bool = _opt(False, "find a learning rate instead of training: a range test (the rate rising from 1e-7 to "
+                                "10 over up to 300 steps of this run's model, optimiser and data) writes "
+                                "RUNS/NAME-lr-find/ (lr_find.csv, .png, .json) and ends with the command to train "
+                                "with the suggested --lr; nothing trained is kept (not with --resume or --folds, nor "
+                                "under torchrun)")
 
     def __post_init__(self):
         if isinstance(self.pretrained, bool):  # config.json of runs from before local weights: a bool
@@ -175,6 +180,8 @@ def parse_config(arch: str, defaults: dict, argv=None) -> TrainConfig:
     """Script defaults, overridden by the saved run when resuming, overridden by the flags given."""
     _check_defaults(arch, defaults)
     given = vars(build_parser(arch, defaults).parse_args(argv))
+    if given.get("find_lr") and given.get("resume"):  # before the resumed run is read: it is not about that run
+        raise OptionError(FIND_LR_WITH_RESUME)
     values = {**built_in_defaults(), **defaults, "arch": arch}
     if given.get("resume"):
         saved = read_saved_config(Path(given["resume"]))
@@ -215,6 +222,10 @@ def default_run_name(arch: str) -> str:
     return f"{arch}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+FIND_LR_WITH_RESUME = ("--find-lr cannot be used with --resume: the finder tries rates on a freshly built model "
+                       "(run it with the run's options, without --resume)")
+
+
 def check_config(config: TrainConfig):
     """A clear error naming the flag for an option no run can use."""
     if not config.data:
@@ -242,6 +253,11 @@ def check_config(config: TrainConfig):
                           f"{config.folds} --fold {config.fold}")
     if config.fold and not config.folds:
         raise OptionError("--fold I needs --folds K")
+    if config.find_lr and config.resume:
+        raise OptionError(FIND_LR_WITH_RESUME)
+    if config.find_lr and config.folds:
+        raise OptionError("--find-lr cannot be used with --folds: the folds train with one rate; find it once without "
+                          "--folds (and --fold), then train the folds with the suggested --lr")
     if config.head_lr_mult <= 0:
         raise OptionError(f"--head-lr-mult must be positive, got {config.head_lr_mult}")
     check_metric(config.metric, config.multi_label)  # it names --metric and its value (errors.explain spells them)
@@ -273,4 +289,4 @@ def save_config(config: TrainConfig, run_dir: Path):
 
 # Flags that say where or how a run is carried out, not what it trains: left out of its command.
 NOT_IN_COMMAND = {"arch", "data", "name", "runs_dir", "resume", "progress", "stop_at_epoch", "device", "cache_dir",
-                  "compile", "cudnn_benchmark", "allow_data_change"}
+                  "compile", "cudnn_benchmark", "allow_data_change", "find_lr"}

@@ -6,6 +6,7 @@ metrics and the runs table in runs.py.
     python train_cnn.py --data data/fashion-mnist                 # train (see README for each architecture)
     python train_cnn.py --resume runs/cnn-20260101-120000 --epochs 30   # continue, possibly for longer
     torchrun --nproc_per_node 2 train_cnn.py --data DIR            # data-parallel on 2 processes
+    python train_cnn.py --data DIR --find-lr                      # a learning rate to train with (lr_finder.py)
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ from errors import DataError, UsageError, explain
 from fileio import atomic_write_text
 from images import label_text, parse_labels
 from inference import infer
+from lr_finder import find_lr
 from models import head_name
 from runtime import Runtime, all_reduce, any_process, cuda_graphs, seconds_since_start, setup_runtime
 from session import (Session, StartClaim, describe_schedule_change, freeze_backbone, norm_source, prepare_session,
@@ -314,6 +316,8 @@ def train(config: TrainConfig, script_defaults: dict | None = None, notes: tuple
     that runs it) are recorded in run.json, so that the runs table can write the run's command; `notes` (the
     options the command line settled, `settle_options`) go in the log."""
     with started_runtime(config) as rt:
+        if config.find_lr:  # a learning-rate range test instead of the run (lr_finder.py): nothing trained is kept
+            return find_lr(config, rt, script_defaults or {}, _step, notes)
         return _train(config, rt, script_defaults or {}, notes)
 
 
