@@ -1,9 +1,12 @@
 """What every command line shares: one parser class (a wrong flag is one `error:` line and a pointer to
---help, not a page of usage) and a clean exit when the reader of its output goes away (`... | head`)."""
+--help, not a page of usage), a clean exit when the reader of its output goes away (`... | head`), and SIGTERM
+turned into an exception that ends a command as Ctrl-C does (`sigterm_raises`)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
 
 
@@ -43,3 +46,30 @@ def run(main, *args, **kwargs):
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         sys.exit(141)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is (`sigterm_raises`), so that every `finally` runs (the atomic writers
+    remove their temporary files) and the command ends as on Ctrl-C."""
+
+
+@contextlib.contextmanager
+def sigterm_raises():
+    """Within it SIGTERM raises Terminated, where this is the main thread (elsewhere SIGTERM keeps its handler)."""
+    def handle(signum, frame):
+        raise Terminated
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handle)
+    except ValueError:  # not the main thread
+        previous = None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def interrupted_status(error: KeyboardInterrupt) -> int:
+    """The exit status of a command ended by Ctrl-C (130) or SIGTERM (143), as a shell reports the signal."""
+    return 128 + (signal.SIGTERM if isinstance(error, Terminated) else signal.SIGINT)

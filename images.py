@@ -322,11 +322,13 @@ def read_csv(path: str | Path) -> CsvTable:
     return CsvTable(path, header, rows, lines)
 
 
-def match_ids(ids: list[str], lines: list[int], index: FileIndex, source: Path, complete: bool = False) -> list[Path]:
+def match_ids(ids: list[str], lines: list[int], index: FileIndex, source: Path, complete: bool = False,
+              missing_ok: bool = False) -> list[Path]:
     """The image of each id (stripped) of the CSV `source`, in order. One error lists every duplicate id (or
-    two ids naming one file), the next every id without an image; with `complete`, also an error listing the
-    images of the folder that no id names. An empty id, or one pointing outside the folder, is an error
-    naming its line."""
+    two ids naming one file), the next every id without an image (pointing at an image of that name in a
+    subfolder, where there is one); with `complete`, also an error listing the images of the folder that no id
+    names. An empty id, or one pointing outside the folder, is an error naming its line. With `missing_ok`, an
+    id without an image is None in the list instead."""
     files, missing, duplicates, seen, seen_paths = [], [], [], {}, {}
     for raw, line in zip(ids, lines):
         ident = _check_id(raw, f"{source} line {line}")
@@ -337,7 +339,7 @@ def match_ids(ids: list[str], lines: list[int], index: FileIndex, source: Path, 
         # An id is matched as written first: file names may begin or end with spaces.
         path = (index.find(raw) if raw != ident and not raw.isspace() else None) or index.find(ident)
         if path is None:
-            missing.append(f"line {line}: {ident!r}")
+            missing.append((line, ident))
         elif path in seen_paths:  # e.g. "a" and "a.png": one image named twice
             duplicates.append(f"line {line}: {ident!r} (same file as line {seen_paths[path]})")
         else:
@@ -345,14 +347,37 @@ def match_ids(ids: list[str], lines: list[int], index: FileIndex, source: Path, 
         files.append(path)
     if duplicates:
         raise DataError(f"{source}: {len(duplicates)} duplicate id(s):{listing(duplicates)}")
-    if missing:
+    if missing and not missing_ok:
         raise DataError(f"{source}: {len(missing)} id(s) have no image in {index.folder} (file not found):"
-                        f"{listing(missing)}")
+                        f"{listing(_in_subfolders(missing, index))}")
     if complete:
         unnamed = sorted(set(index.files) - set(files), key=lambda p: natural_key(str(p)))
         if unnamed:
             raise DataError(f"{len(unnamed)} image(s) in {index.folder} are missing from {source}:{listing(unnamed)}")
     return files
+
+
+def _in_subfolders(missing: list[tuple[int, str]], index: FileIndex) -> list[str]:
+    """Each (line, id) of `missing` as "line N: 'id'", pointing at an image of that name in a subfolder of the
+    index's folder where there is one: an id names its image's path from the folder."""
+    names = {os.path.basename(ident) for _, ident in missing}
+    found: dict[str, Path] = {}
+    for path in index.files:
+        for key in (path.name, path.stem):
+            if key in names and path.parent != index.folder:
+                found.setdefault(key, path)
+    out = []
+    for line, ident in missing:
+        where, folder = found.get(os.path.basename(ident)), index.folder.name
+        if where is None:
+            out.append(f"line {line}: {ident!r}")
+            continue
+        rel = where.relative_to(index.folder).as_posix()
+        if os.path.splitext(ident)[1].lower() not in IMG_EXTENSIONS:  # the id as written: without its extension
+            rel = os.path.splitext(rel)[0]
+        out.append(f"line {line}: {ident!r} (there is {where}, in a subfolder of {folder}/: an id names its image's "
+                   f"path from {folder}/, here {rel!r})")
+    return out
 
 
 def _read_train_csv(root: Path, csv_path: Path, train_dir, id_col, label_col, multi_label,

@@ -39,7 +39,12 @@ folds of one k-fold run: those fitted on its out-of-fold predictions), else the 
 
 --solution (class names, tags, 0/1 targets or one 0/1 column per class) prints the submission's accuracy and,
 when the metric is another, the metric; for hard labels and a metric of probabilities, also what the labels
-score.
+score; on the test images it answers (how many, when not all). A single model's accuracy goes into its run.json
+with the checkpoint and epoch it measured, leaving a run that still trains as it is.
+
+The model's classes are checked against the data's (the training labels, the sample, the solution): none in
+common is an error listing both, classes the model lacks a warning. Ctrl-C or SIGTERM ends it with one line
+saying what was written and what was kept.
 """
 from __future__ import annotations
 
@@ -60,14 +65,15 @@ import data
 import inference
 import metrics
 import runs
-from checkpoint import ModelSpec, load_checkpoint, model_from_checkpoint, read_spec
+from checkpoint import ModelSpec, checkpoint_file, load_checkpoint, model_from_checkpoint, read_spec
 from ensemble import (Weighting, are_folds, blend, choose_weights, ensemble_thresholds, equal_weights, fold_groups,
                       fold_scores, fold_thresholds, format_weighting, given_weights, models_used, oof_summary_path,
                       out_of_fold_weights, recorded_val_scores, training_images, validation_images, weigh_given)
 from errors import DataError, OptionError, UsageError, explain, flag
 from runtime import setup_runtime
-from submission import (SHAPES, Shape, choose_shape, read_sample, sample_files, solution_images, submission_cells,
-                        submission_rows, write_submission)
+from submission import (SHAPES, Answers, Shape, check_classes, choose_shape, read_answers, read_id_csv, read_sample,
+                        sample_classes, sample_files, solution_classes, submission_cells, submission_rows,
+                        write_submission)
 
 log = logging.getLogger("imgcomp")
 
@@ -104,21 +110,11 @@ class Predictor:
         return self.spec.multi_label
 
 
-def checkpoint_path(path: str | Path) -> Path:
-    """A run folder means its best.pt; anything else is taken as a checkpoint file."""
-    path = Path(path)
-    if path.is_dir():
-        if not (path / "best.pt").is_file():
-            raise DataError(f"run folder {path} has no best.pt (has the run finished an epoch?)")
-        return path / "best.pt"
-    return path
-
-
 def load_models(paths: list[str], device: torch.device) -> list[Predictor]:
     """Load each checkpoint (without executing code) and build its model; all must share one class list."""
     predictors = []
     for given in paths:
-        path = checkpoint_path(given)
+        path = checkpoint_file(given)
         ckpt = load_checkpoint(path)
         spec = read_spec(ckpt)
         model = model_from_checkpoint(ckpt, path).to(device, memory_format=spec.compute.memory_format).eval()
@@ -293,29 +289,33 @@ class SubmissionPlan:
     shape: Shape
     ids: list[str]
     files: list[Path]
-    answers: tuple[list[Path], np.ndarray] | None = None
+    answers: Answers | None = None
 
 
 def plan_submission(args, predictors: list[Predictor], metric: str) -> SubmissionPlan:
     """Everything about the submission that can be refused before a model runs: the competition's kind of
-    labels, the shape the sample asks for (logged with the reason), its rows, the solution's answers."""
+    labels and its classes, the shape the sample asks for (logged with the reason), its rows, the solution's
+    answers."""
     data_dir, first = Path(args.data), predictors[0]
-    check_label_kind(predictors, data_dir)
     sample = read_sample(data_dir)
+    solution = read_id_csv(args.solution) if args.solution else None
+    check_data(predictors, data_dir, sample, solution)
     shape = choose_shape(sample, first.class_names, first.multi_label, metric, args.submission, args.top_k)
     log.info("submission: %s", describe_shape(shape))
     if shape.warning:
         log.warning("%s", shape_warning(shape))
     index = index_test(args, predictors)
     ids, files = submission_rows(index, sample, shape.header)
-    if not args.solution:
+    if solution is None:
         return SubmissionPlan(shape, ids, files)
-    answers = solution_images(Path(args.solution), index, first.class_names, first.multi_label)
-    missing = sorted(set(answers[0]) - set(files), key=lambda f: data.natural_key(str(f)))
+    answers = read_answers(solution, index, first.class_names, first.multi_label)
+    missing = sorted(set(answers.files) - set(files), key=lambda f: data.natural_key(str(f)))
     if missing:
         raise DataError(f"{args.solution}: {len(missing)} image(s) are not in the submission:"
                         f"{data.listing(missing, 5)}")
     return SubmissionPlan(shape, ids, files, answers)
+
+
 
 
 def describe_shape(shape: Shape) -> str:
@@ -350,20 +350,34 @@ def index_test(args, predictors: list[Predictor]) -> data.FileIndex:
     return data.index_test_images(data_dir, own)
 
 
-def check_label_kind(predictors: list[Predictor], data_dir: Path):
-    """Refuse a multi-label model predicting for a single-label competition, and the reverse, as the data
-    folder's training labels tell (read as the first model's run read them when it is the run's data folder,
-    else detected); a folder without training labels tells nothing."""
+def check_data(predictors: list[Predictor], data_dir: Path, sample: data.CsvTable | None = None,
+               solution: data.CsvTable | None = None):
+    """Refuse a model that does not predict for the data: a multi-label model for a single-label competition, or
+    the reverse, as the data folder's training labels tell (read as the first model's run read them when it is
+    the run's data folder, else detected; a folder without training labels tells nothing); classes that the
+    training labels, the sample or the solution do not share with the model (`submission.check_classes`: none in
+    common is an error listing both, some missing a warning naming them)."""
     first, config = predictors[0], predictors[0].checkpoint["config"]
     own = Path(config.get("data") or "").resolve() == data_dir.resolve()  # else its settings may not apply here
     try:
         found = training_images(data_dir, config if own else {})
     except DataError:
-        return
-    if found.multi_label != first.multi_label:
+        found = None
+    if found is not None and found.multi_label != first.multi_label:
         kinds = {True: "multi-label (tags)", False: "single-label (one class per image)"}
         raise DataError(f"the training labels of {data_dir} are {kinds[found.multi_label]}, and {first.path} is "
                         f"{kinds[first.multi_label]}: the model does not predict for this competition")
+    names, sources = first.class_names, []
+    if found is not None:
+        sources.append((f"the training labels of {data_dir}", set(found.class_names), True))
+    if sample is not None:
+        columns, classes = len(sample.header) > 2, sample_classes(sample, names)
+        if not (columns and classes & set(names)):  # columns that partly fit: match_columns lists what does not
+            sources.append((f"the {'columns' if columns else 'values'} of {sample.path}", classes, False))
+    if solution is not None:
+        sources.append((str(solution.path), solution_classes(solution, names), False))
+    for warning in check_classes(names, sources):
+        log.warning("%s", warning)
 
 
 def submission_thresholds(predictors: list[Predictor], weighting: Weighting) -> np.ndarray | None:
@@ -388,12 +402,14 @@ def run_predict(args, predictors: list[Predictor], images: ImageCache, device: t
     out = Path(args.out or "submission.csv")
     write_submission(out, shape.header, plan.ids, submission_cells(shape, probs, class_names, thresholds),
                      class_names, shape)
+    args.written.append(str(out))
     used = int((np.asarray(weighting.weights) > 0).sum())
     models = f"{used} of {len(predictors)} models" if used < len(predictors) else \
         f"{len(predictors)} model{'s' if len(predictors) > 1 else ''}"
     print(f"wrote {out}: {len(plan.ids)} rows ({shape.kind}), {models}{', TTA' if args.tta else ''}")
     if args.probs:
         runs.write_predictions(Path(args.probs), plan.ids, None, probs, class_names, id_column=shape.header[0])
+        args.written.append(str(args.probs))
         print(f"wrote {args.probs}: probabilities of {len(class_names)} classes")
     if plan.answers:
         report_solution(args, plan, probs, thresholds, weighting.metric, predictors)
@@ -403,11 +419,15 @@ def run_predict(args, predictors: list[Predictor], images: ImageCache, device: t
 def report_solution(args, plan: SubmissionPlan, probs: np.ndarray, thresholds, metric: str,
                     predictors: list[Predictor]):
     """--solution: the submission's accuracy and its metric against the answers (the hard-label metrics score
-    the decisions the submission holds); a single model's run records the accuracy."""
-    files, labels = plan.answers
+    the decisions the submission holds), on the images the solution answers (said when not all); a single model's
+    run records the accuracy when every answer could be scored."""
+    files, labels = plan.answers.files, plan.answers.labels
     row = {f: i for i, f in enumerate(plan.files)}
     picked = probs[[row[f] for f in files]]
     accuracy = metrics.score("accuracy", picked, labels, thresholds)  # a labels submission's: the argmax it holds
+    partial = plan.answers.coverage(len(plan.files))
+    if partial:
+        print(partial)
     print(f"accuracy against {args.solution}: {accuracy:.4f}")
     if metric != "accuracy":
         print(f"{metric} against {args.solution}: {metrics.score(metric, picked, labels, thresholds):.4f}")
@@ -415,7 +435,7 @@ def report_solution(args, plan: SubmissionPlan, probs: np.ndarray, thresholds, m
         hard = np.eye(probs.shape[1])[picked.argmax(1)]
         print(f"{metric} of the hard labels the submission holds: {metrics.score(metric, hard, labels):.4f} (the "
               f"probabilities above score with {flag('submission')} score or probs, where the sample allows)")
-    record_test_acc(predictors, accuracy, args.tta)
+    record_test_acc(predictors, accuracy, args.tta, args.solution, plan.answers)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -489,11 +509,17 @@ def run_eval(args, predictors: list[Predictor], images: ImageCache, device: torc
     """--eval: report on the validation split or the --solution images, and save the figures."""
     data_dir, first = Path(args.data), predictors[0]
     class_names = first.class_names
+    answers = None
     if args.solution:
+        solution = read_id_csv(args.solution)
+        check_data(predictors, data_dir, None, solution)
         index = index_test(args, predictors)
-        files, labels = solution_images(Path(args.solution), index, class_names, first.multi_label)
-        what = f"{args.solution}"
+        answers = read_answers(solution, index, first.class_names, first.multi_label)
+        files, labels, what = answers.files, answers.labels, f"{args.solution}"
+        partial = answers.coverage(len(index.files))
+        what += f"; {partial}" if partial else ""
     else:
+        check_data(predictors, data_dir)
         try:
             files, labels = validation_images(predictors, data_dir)
         except DataError as e:
@@ -508,14 +534,14 @@ def run_eval(args, predictors: list[Predictor], images: ImageCache, device: torc
     result.update(metric=weighting.metric, score=metrics.score(weighting.metric, probs, labels, thresholds))
     print(format_report(result, class_names, what + (", TTA" if args.tta else "")))
     if result["confusion"] is not None:  # single-label: figures of classes confused and the worst mistakes
-        save_figures(predictors, images, files, probs, labels, result)
-    if args.solution:
-        record_test_acc(predictors, result["accuracy"], args.tta)
+        save_figures(predictors, images, files, probs, labels, result, args.written)
+    if answers:
+        record_test_acc(predictors, result["accuracy"], args.tta, args.solution, answers)
     return result
 
 
 def save_figures(predictors: list[Predictor], images: ImageCache, files: list[Path], probs: np.ndarray,
-                 labels: np.ndarray, result: dict):
+                 labels: np.ndarray, result: dict, written: list[str]):
     """confusion_matrix.png and wrong.png in the first model's run folder."""
     first, class_names = predictors[0], predictors[0].class_names
     title = " + ".join(p.spec.arch for p in predictors) + f": accuracy {result['accuracy']:.2%}"
@@ -524,16 +550,26 @@ def save_figures(predictors: list[Predictor], images: ImageCache, files: list[Pa
         runs.plot_confusion(result["confusion"], class_names, first.run_dir / "confusion_matrix.png", title)
         runs.plot_wrong(pixels, probs, labels, class_names, first.run_dir / "wrong.png")
         print(f"saved {first.run_dir / 'confusion_matrix.png'} and {first.run_dir / 'wrong.png'}")
+        written += [str(first.run_dir / "confusion_matrix.png"), str(first.run_dir / "wrong.png")]
     except OSError as e:
         log.warning("could not save the figures in %s: %s", first.run_dir, e)
 
 
-def record_test_acc(predictors: list[Predictor], accuracy: float, tta: bool):
-    """The runs table's test accuracy (with TTA in a column of its own) belongs to a single model's run; an
-    ensemble's belongs to none. A model trained without flips gets no TTA: its score is the plain one."""
-    if len(predictors) == 1 and (predictors[0].run_dir / "run.json").is_file():
-        key = "test_acc_tta" if tta and predictors[0].has_tta else "test_acc"
-        runs.update_run_info(predictors[0].run_dir, **{key: accuracy})
+def record_test_acc(predictors: list[Predictor], accuracy: float, tta: bool, solution: str | None = None,
+                    answers: Answers | None = None):
+    """The runs table's test accuracy (with TTA in a column of its own) belongs to a single model's run, with the
+    checkpoint and epoch it measured; an ensemble's belongs to none, and so does a score that left out answers of
+    classes the model does not have. A model trained without flips gets no TTA: its score is the plain one. The
+    run's status and process stay as they are (it may still be training: runs.record_test_score)."""
+    p = predictors[0]
+    if len(predictors) > 1 or not (p.run_dir / "run.json").is_file():
+        return
+    if answers is not None and answers.other_classes:
+        log.info("the test accuracy is not recorded in %s: answers of classes the model does not have were left "
+                 "out", p.run_dir / "run.json")
+        return
+    key = "test_acc_tta" if tta and p.has_tta else "test_acc"
+    runs.record_test_score(p.run_dir, key, accuracy, p.path, p.checkpoint["epoch"], solution or "")
 
 
 def run_metric(args, predictors: list[Predictor]) -> str:
@@ -603,9 +639,34 @@ def _same_file(a: Path, b: Path) -> bool:
     return a.resolve() == b.resolve()
 
 
+def interrupted(args, terminated: bool) -> str:
+    """The one line that Ctrl-C (or SIGTERM) ends predict.py with: what was written, and what was kept as it was."""
+    written = getattr(args, "written", [])
+    outputs = [] if args.eval else [str(o) for o in (args.out or "submission.csv", args.probs) if o]
+    parts = [f"wrote {' and '.join(written)}" if written else "nothing was written"]
+    kept = [o for o in outputs if o not in written and Path(o).exists()]
+    if kept:
+        parts.append(f"the existing {' and '.join(kept)} {'is' if len(kept) == 1 else 'are'} untouched")
+    unwritten = [o for o in outputs if o not in written and o not in kept]
+    if written and unwritten:
+        parts.append(f"{' and '.join(unwritten)} not written")
+    return f"{'terminated' if terminated else 'interrupted'}: {'; '.join(parts)}"
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        with cli.sigterm_raises():
+            return _main(args)
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM: one line, no traceback
+        print(interrupted(args, isinstance(e, cli.Terminated)), file=sys.stderr)
+        sys.exit(cli.interrupted_status(e))
+
+
+def _main(args):
+    """predict.py's flow: models, checks, weights, then the submission or the --eval report."""
+    args.written = []
     try:
         if args.eval and (args.out or args.probs):
             raise DataError("--eval checks a model and writes no submission: drop --out/--probs, or --eval")

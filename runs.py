@@ -8,6 +8,7 @@ Bookkeeping never stops a training run: what cannot be read is flagged, what can
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -18,6 +19,11 @@ import socket
 import sys
 import time
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: run.json's writers go unlocked
+    fcntl = None
 
 import numpy as np
 
@@ -309,8 +315,8 @@ def runs_table(runs_dir: str | Path, commands: bool = False) -> str:
             "batch_size": info.get("batch_size", ""), "img_size": info.get("img_size", ""),
             "best_val_acc": pct(info.get("best_val_acc")), "metric": info.get("metric", "accuracy"),
             "best_val_score": _score(info.get("best_val_score", info.get("best_val_acc"))),
-            "test_acc": pct(info.get("test_acc")),
-            "test_acc_tta": pct(info.get("test_acc_tta")),
+            "test_acc": _test_score(info, "test_acc"),
+            "test_acc_tta": _test_score(info, "test_acc_tta"),
             "train_time": duration(info.get("train_time") or 0),
             "images_per_s": f"{info['images_per_s']:.0f}" if info.get("images_per_s") else "",
             "mode": info.get("mode", ""), "status": status,
@@ -341,6 +347,18 @@ def write_table_into(path: Path, table: str):
     atomic_write_text(path, text[:start + len(TABLE_START)] + "\n" + table + text[end:])
 
 
+def _test_score(info: dict, key: str) -> str:
+    """A recorded test score, followed by the epoch (and checkpoint) it measured when that is not the run's best.pt
+    of its best epoch now (a score taken while the run trained, or of its last.pt)."""
+    value, of = pct(info.get(key)), info.get(f"{key}_of")
+    if not value or not isinstance(of, dict):
+        return value
+    other_file = of.get("checkpoint") != "best.pt"
+    if other_file or (isinstance(info.get("best_epoch"), int) and of.get("epoch") != info["best_epoch"]):
+        return f"{value} (epoch {of.get('epoch')}{', ' + str(of.get('checkpoint')) if other_file else ''})"
+    return value
+
+
 def _score(value) -> str:
     return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
 
@@ -354,23 +372,72 @@ def duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def update_run_info(run_dir: Path, **fields):
-    """Merge `fields` into the run's run.json and refresh the runs table beside the run folders; a start (status
-    "running" at `epochs_done`) also adds its options to run.json's "starts" (`run_commands`). Never raises:
-    a damaged or foreign run.json is replaced, and a failure to write is a warning, not the end of a run."""
-    run_dir = Path(run_dir)
+@contextlib.contextmanager
+def _run_info_lock(run_dir: Path):
+    """Hold the run folder's lock on run.json: an exclusive flock on the folder itself (no lock file to leave
+    behind), so that the training process and a predict.py recording a score never write over each other's
+    changes. Where the folder cannot be locked (no flock: not on Linux/macOS), writers go unlocked."""
+    fd = None
     try:
-        info = read_run_info(run_dir) or {}
-        if fields.get("status") == "running" and isinstance(fields.get("epochs_done"), int):  # a start
-            info["starts"] = _with_start(info.get("starts"), run_dir, fields["epochs_done"] + 1)
-        info.update(fields, pid=os.getpid(), host=socket.gethostname(), updated=time.strftime("%Y-%m-%d %H:%M:%S"))
-        atomic_write_text(run_dir / "run.json", json.dumps(info, indent=2))
+        fd = os.open(run_dir, os.O_RDONLY)
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError:
+        pass
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)  # releases the lock
+
+
+def change_run_info(run_dir: Path, change, replace_unreadable: bool = True) -> bool:
+    """The one writer of run.json: read it, `change(info)` (a dict it edits in place), write it back atomically,
+    all under the run folder's lock (`_run_info_lock`), then refresh the runs table beside the run folders. A
+    damaged or foreign run.json is replaced when `replace_unreadable`, else left alone (returns False). Never
+    raises: a failure to write is a warning, not the end of a run. Returns whether run.json was written."""
+    run_dir, info_path = Path(run_dir), Path(run_dir) / "run.json"
+    written = False
+    try:
+        with _run_info_lock(run_dir):
+            info = read_run_info(run_dir)
+            if info is not None or replace_unreadable:
+                info = info or {}
+                change(info)
+                atomic_write_text(info_path, json.dumps(info, indent=2))
+                written = True
     except (OSError, TypeError, ValueError) as e:
-        log.warning("could not update %s: %s", run_dir / "run.json", e)
+        log.warning("could not update %s: %s", info_path, e)
     try:
         atomic_write_text(run_dir.parent / "runs.md", runs_table(run_dir.parent))
     except (OSError, TypeError, ValueError) as e:
         log.warning("could not update the runs table %s: %s", run_dir.parent / "runs.md", e)
+    return written
+
+
+def update_run_info(run_dir: Path, **fields):
+    """The training process's record of its run: merge `fields` into run.json with this process's pid and host
+    (the runs table tells a live run from a stopped one by them); a start (status "running" at `epochs_done`)
+    also adds its options to run.json's "starts" (`run_commands`). Never raises (`change_run_info`)."""
+    run_dir = Path(run_dir)
+
+    def change(info: dict):
+        if fields.get("status") == "running" and isinstance(fields.get("epochs_done"), int):  # a start
+            info["starts"] = _with_start(info.get("starts"), run_dir, fields["epochs_done"] + 1)
+        info.update(fields, pid=os.getpid(), host=socket.gethostname(), updated=time.strftime("%Y-%m-%d %H:%M:%S"))
+
+    change_run_info(run_dir, change)
+
+
+def record_test_score(run_dir: Path, key: str, value: float, checkpoint: Path, epoch: int, solution: str) -> bool:
+    """A score of the run's model on labelled test images (predict.py --solution; `key`: test_acc or
+    test_acc_tta), with what it measured: the checkpoint file and its epoch, and the solution, in run.json's
+    `"<key>_of"`. It leaves the run's status, pid and host as they are: the run may still be training. A run.json
+    that is not one of ours is left alone. Returns whether it was recorded."""
+    measured = {"checkpoint": Path(checkpoint).name, "epoch": epoch, "solution": str(solution),
+                "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
+    return change_run_info(run_dir, lambda info: info.update({key: value, f"{key}_of": measured}),
+                           replace_unreadable=False)
 
 
 def claim_run_dir(run_dir: Path) -> Path:

@@ -27,7 +27,7 @@ from torch import nn
 import data
 import metrics
 import runs
-from checkpoint import ModelSpec, init_from_checkpoint, load_checkpoint, make_checkpoint
+from checkpoint import ModelSpec, describe_spec, init_from_checkpoint, load_resumable, load_weights, make_checkpoint
 from compute import ComputeFormat, choose_format
 from config import TrainConfig, default_run_name
 from errors import DataError, OptionError, SetupError, UsageError
@@ -516,7 +516,9 @@ def prepare_session(config: TrainConfig, rt: Runtime, run_dir: Path | None = Non
     resumed checkpoint (None for a new run) and how the compute format was chosen (None when resumed: the run keeps
     its format)."""
     torch.manual_seed(config.seed)
-    resume = load_checkpoint(Path(config.resume) / "last.pt") if config.resume else None
+    resume = None
+    if config.resume:
+        resume = load_resumable(Path(config.resume) / "last.pt", config.arch, config.img_size)
     run_dir = run_dir or run_dir_for(config)
     config = dataclasses.replace(config, name=run_dir.name)  # the name config.json and the checkpoints record
     train_data = load_train_data(config, rt)
@@ -578,12 +580,17 @@ def assemble_session(config: TrainConfig, rt: Runtime, run_dir: Path, train_data
 def restore_run(s: Session, resume: dict):
     """Continue the run of the checkpoint `resume` (its last.pt): the trained weights, their moving average, the
     optimiser and loss scaler as it saved them, and what it had done."""
-    training = resume["training"]
-    s.raw_model.load_state_dict(training.get("train_model", resume["model"]))
+    training, path = resume["training"], Path(s.config.resume) / "last.pt"
+    model = f"{describe_spec(s.spec)} (the run's, on its data)"
+    load_weights(s.raw_model, training.get("train_model", resume["model"]), path, model)
     if s.ema:
-        s.ema.model.load_state_dict(resume["model"])
-    s.optimizer.load_state_dict(training["optimizer"])
-    s.scaler.load_state_dict(training["scaler"])
+        load_weights(s.ema.model, resume["model"], path, model, "its weights' moving average")
+    try:
+        s.optimizer.load_state_dict(training["optimizer"])
+        s.scaler.load_state_dict(training["scaler"])
+    except (ValueError, KeyError, TypeError, RuntimeError) as e:  # state of another model or optimiser
+        raise DataError(f"{path}: its optimiser state does not fit the run's model and optimiser "
+                        f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
     s.progress = Progress(history=resume["history"], best_val_acc=resume["best_val_acc"],
                           best_epoch=resume["best_epoch"], train_time=resume["train_time"],
                           best_val_score=resume.get("best_val_score", resume["best_val_acc"]))

@@ -115,6 +115,10 @@ def submission_rows(index: data.FileIndex, sample: data.CsvTable | None = None,
                         f"add a sample_submission.csv naming them")
     log.info("no sample_submission.csv: predicting every image of %s with the header %s", folder,
              ",".join(header or DEFAULT_HEADER))
+    nested = [i for i in ids if "/" in i]
+    if nested:  # the folder is read with its subfolders, as training folders are
+        log.info("%d of the test images are in subfolders of %s: their ids hold the subfolder (e.g. %r)",
+                 len(nested), folder, nested[0])
     return ids, files
 
 
@@ -347,6 +351,97 @@ def match_columns(columns: list[str], class_names: list[str], where) -> list[int
 
 
 # ----------------------------------------------------------------------------------------------
+# The model's classes and the data's
+# ----------------------------------------------------------------------------------------------
+
+def check_classes(class_names: list[str], found: list[tuple[str, set[str], bool]]) -> list[str]:
+    """Compare the model's classes with those the data names. `found`: (what, its classes, complete) for the
+    training labels (complete: every class), the sample's values or columns, the solution's answers (each
+    `sample_classes`, `solution_classes`). None in common with any is a DataError listing both; classes of the
+    data that the model lacks (it can never predict them), and for a complete list the model's classes it lacks,
+    are warnings naming them (returned)."""
+    model, warnings = set(class_names), []
+    for what, classes, complete in found:
+        if not classes:
+            continue
+        if not classes & model:
+            raise DataError(f"the model's classes and those of {what} have none in common: the model was trained "
+                            f"for another competition, or on other labels\n  the model ({len(model)}): "
+                            f"{_names(class_names)}\n  {what} ({len(classes)}): {_names(classes)}")
+        lacking = classes - model
+        if lacking:
+            warnings.append(f"WARNING: {what} name(s) {len(lacking)} class(es) that the model does not have and so "
+                            f"never predicts: {_names(lacking)} (the model has {_names(class_names)})")
+        extra = model - classes if complete else set()
+        if extra:
+            warnings.append(f"WARNING: the model has {len(extra)} class(es) that {what} do not have: {_names(extra)}")
+    return warnings
+
+
+def _names(names, limit: int = 20) -> str:
+    """Class names for a message, in natural order, the first `limit` of them."""
+    ordered = sorted(names, key=data.natural_key) if isinstance(names, set) else list(names)
+    shown = ", ".join(map(repr, ordered[:limit]))
+    return shown + (f", ... ({len(ordered)} in all)" if len(ordered) > limit else "")
+
+
+def _as_classes(values, class_names: list[str], loose: bool = False) -> set[str]:
+    """The classes a sample's or solution's values name: a value that is a class is that class; a list of
+    classes joined by spaces (tags, the top K) its classes; with `loose` (column names), a class in another
+    letter case or with spaces around it (as `match_columns` takes it); anything else stands for itself."""
+    names = set(class_names)
+    lower = Counter(n.strip().lower() for n in class_names)
+    by_lower = {n.strip().lower(): n for n in class_names if lower[n.strip().lower()] == 1}
+    found = set()
+    for value in values:
+        value = value if loose else value.strip()
+        if not value.strip():
+            continue
+        tokens = value.split()
+        if value in names:
+            found.add(value)
+        elif loose and value.strip().lower() in by_lower:
+            found.add(by_lower[value.strip().lower()])
+        elif len(tokens) > 1 and any(t in names for t in tokens):
+            found.update(tokens)
+        else:
+            found.add(value.strip())
+    return found
+
+
+def sample_classes(sample: data.CsvTable | None, class_names: list[str]) -> set[str]:
+    """The classes a sample names: its prediction columns when it has several (one per class), else its values;
+    numbers from 0 to 1 are left out (a probability, a 0/1 target or a placeholder), and so is a lone value that
+    is no class (a placeholder, as samples often repeat one value)."""
+    if sample is None:
+        return set()
+    if len(sample.header) > 2:
+        return _as_classes(sample.header[1:], class_names, loose=True)
+    values = {v for v in _as_classes(values_of(sample), class_names)
+              if _parse_number(v) is None or not 0 <= _parse_number(v) <= 1}
+    return values if len(values) > 1 or values & set(class_names) else set()
+
+
+def solution_classes(table: data.CsvTable | None, class_names: list[str]) -> set[str]:
+    """The classes a solution's answers name: its columns when it has one per class, else its answers (tags split);
+    none for the 0/1 targets of a binary model (`solution_images` reads them)."""
+    if table is None:
+        return set()
+    if len(table.header) > 2:
+        return _as_classes(table.header[1:], class_names, loose=True)
+    values = [v.strip() for v in values_of(table)]
+    if _binary_numbers(values, class_names):
+        return set()
+    return _as_classes(values, class_names)
+
+
+def _binary_numbers(values: list[str], class_names: list[str]) -> bool:
+    """Whether a binary model's answers are numbers (0/1 targets), not its class names."""
+    return len(class_names) == 2 and not set(values) <= set(class_names) and \
+        all(_parse_number(v) is not None for v in values)
+
+
+# ----------------------------------------------------------------------------------------------
 # Writing
 # ----------------------------------------------------------------------------------------------
 
@@ -473,15 +568,77 @@ def solution_images(solution: Path, index: data.FileIndex | Path, class_names: l
     if not isinstance(index, data.FileIndex):
         index = data.index_test_images(index)
     files = data.match_ids(ids_of(table), table.lines, index, solution)
+    return files, _answers(table, class_names, multi_label)
+
+
+def _answers(table: data.CsvTable, class_names: list[str], multi_label: bool) -> np.ndarray:
+    """The labels of a solution's rows: class indices, or (N, C) multi-hot for `multi_label`."""
     if len(table.header) > 2:
-        return files, _one_hot_answers(table, class_names, multi_label)
+        return _one_hot_answers(table, class_names, multi_label)
     values = [v.strip() for v in values_of(table)]
     if multi_label:
-        return files, data.parse_labels(values, class_names, True, Path(solution), table.lines)
-    if len(class_names) == 2 and not set(values) <= set(class_names) and \
-            all(_parse_number(v) is not None for v in values):
-        return files, _binary_targets(table, values, class_names)
-    return files, data.parse_labels(values, class_names, False, Path(solution), table.lines)
+        return data.parse_labels(values, class_names, True, table.path, table.lines)
+    if _binary_numbers(values, class_names):
+        return _binary_targets(table, values, class_names)
+    return data.parse_labels(values, class_names, False, table.path, table.lines)
+
+
+@dataclass
+class Answers:
+    """What a solution answers for the test images (`read_answers`): the images it names that are test images and
+    their labels (class indices, or multi-hot), its rows in all, and the rows left out: `no_image` (its ids
+    without a test image, "line N: 'id'") and `other_classes` (rows of classes the model does not have)."""
+    files: list[Path]
+    labels: np.ndarray
+    rows: int
+    no_image: list[str]
+    other_classes: int
+
+    def coverage(self, images: int) -> str:
+        """How many of `images` predicted test images the answers score, and why not all ("" when every one)."""
+        why = []
+        if images > len(self.files) + self.other_classes:
+            why.append(f"the solution has no row for {images - len(self.files) - self.other_classes}")
+        if self.other_classes:
+            why.append(f"{self.other_classes} answer(s) are classes the model does not have")
+        return f"scored on {len(self.files)} of {images} test images: {'; '.join(why)}" if why else ""
+
+
+def read_answers(table: data.CsvTable, index: data.FileIndex, class_names: list[str],
+                 multi_label: bool = False) -> Answers:
+    """A solution's answers for the test images it shares with `index` (as `solution_images` reads them, but ids
+    without a test image and rows of classes the model does not have are left out, with a warning that counts
+    them, not an error; a solution that shares no scorable row with the test images is one)."""
+    if not table.rows:
+        raise DataError(f"{table.path}: no rows")
+    files = data.match_ids(ids_of(table), table.lines, index, table.path, missing_ok=True)
+    no_image = [f"line {line}: {ident.strip()!r}" for ident, line, f in zip(ids_of(table), table.lines, files)
+                if f is None]
+    names = set(class_names)
+    known = len(table.header) > 2 or _binary_numbers([v.strip() for v in values_of(table)], class_names)
+    keep, other = [], 0
+    for k, (row, f) in enumerate(zip(table.rows, files)):
+        if f is None:
+            continue
+        answer = row[1].strip()
+        if not known and answer and not (set(answer.split()) if multi_label else {answer}) <= names:
+            other += 1
+            continue
+        keep.append(k)
+    if not keep:
+        raise DataError(f"{table.path}: none of its {len(table.rows)} rows answers a test image of {index.folder} "
+                        f"in the model's classes ({len(no_image)} id(s) without a test image, e.g."
+                        f"{data.listing(no_image, 3)})" if no_image else
+                        f"{table.path}: none of its {len(table.rows)} rows answers in the model's classes")
+    if no_image:
+        log.warning("WARNING: %s: %d of its %d ids have no test image in %s, and are not scored:%s", table.path,
+                    len(no_image), len(table.rows), index.folder, data.listing(no_image, 5))
+    if other:
+        log.warning("WARNING: %s: %d of its rows answer a class the model does not have, and are not scored",
+                    table.path, other)
+    kept = data.CsvTable(table.path, table.header, [table.rows[k] for k in keep], [table.lines[k] for k in keep])
+    return Answers([files[k] for k in keep], _answers(kept, class_names, multi_label), len(table.rows), no_image,
+                   other)
 
 
 def _binary_targets(table: data.CsvTable, values: list[str], class_names: list[str]) -> np.ndarray:

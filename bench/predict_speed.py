@@ -24,7 +24,7 @@ import common  # puts the repository root on sys.path
 
 import data
 import predict
-from checkpoint import load_checkpoint, read_spec
+from checkpoint import checkpoint_file, load_checkpoint, read_spec
 from submission import submission_accuracy
 
 
@@ -81,7 +81,7 @@ def main(argv=None):
                          f"{accuracy[tta]:.4f}"])
             print(f"{label}: cold {n / cold:,.0f} img/s, warm {rates[tta]:,.0f} img/s, "
                   f"end to end {end_to_end.seconds:.1f} s", flush=True)
-        spec = read_spec(load_checkpoint(predict.checkpoint_path(run)))
+        spec = read_spec(load_checkpoint(checkpoint_file(run)))
 
     report.table(
         f"predict.py on the {n:,} test images ({spec.arch}, {spec.img_size}px, {spec.compute}, "
