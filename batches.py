@@ -56,6 +56,23 @@ def stratified_folds(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
     return fold_of
 
 
+def check_folds(labels: np.ndarray, folds: int, class_names: list[str]) -> str | None:
+    """K folds of these labels (single-label (N,), multi-label (N, C)): an error when there are fewer images than
+    folds (a fold would hold out none); a warning (returned, else None) naming the classes (tags) with fewer
+    images than folds, which some folds' validation images then lack."""
+    labels = np.asarray(labels)
+    if folds > len(labels):
+        raise DataError(f"the dataset has {len(labels)} images, too few for {folds} folds (a fold would hold out "
+                        "none)", option="folds", value=folds, fix=f"choose at most {len(labels)}")
+    counts = labels.sum(axis=0) if labels.ndim == 2 else np.bincount(labels, minlength=len(class_names))
+    few = [f"{name!r} ({int(n)})" for name, n in zip(class_names, counts) if n < folds]
+    if not few:
+        return None
+    shown = ", ".join(few[:10]) + (f", ... ({len(few)} in all)" if len(few) > 10 else "")
+    return (f"--folds {folds}: {'tags' if labels.ndim == 2 else 'classes'} with fewer images than folds: {shown}; "
+            "some folds' validation images hold none of them (those folds' scores do not measure them)")
+
+
 # Iterative stratification (Sechidis et al., 2011, https://doi.org/10.1007/978-3-642-23808-6_10), from the
 # iterative-stratification package: the rarest tag's images are placed first, each where it is wanted most.
 def _split_multi_label(labels: np.ndarray, val_split: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

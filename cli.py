@@ -10,6 +10,42 @@ import signal
 import sys
 
 
+# The largest --seed: numpy's legacy generators and scikit-learn's random_state take 32-bit seeds.
+MAX_SEED = 2**32 - 1
+
+
+def int_in(minimum: int, maximum: int | None = None, why: str = ""):
+    """An argparse `type` for whole numbers from `minimum` (to `maximum`): a value outside is argparse's one-line
+    error naming the flag ("argument --top-k: 0: must be at least 1")."""
+    def parse(text: str) -> int:
+        value = int(text)  # not a number: argparse's own "invalid int value"
+        if value < minimum or (maximum is not None and value > maximum):
+            bounds = f"at least {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+            raise argparse.ArgumentTypeError(f"{text}: must be {bounds}{f' ({why})' if why else ''}")
+        return value
+    parse.__name__ = "int"  # argparse names the type in "invalid int value"
+    return parse
+
+
+def checked(check, name: str = "value"):
+    """An argparse `type` from a `check(text)` that returns the value or raises a ValueError (an OptionError) with
+    the reason: argparse's one-line error naming the flag with that reason."""
+    def parse(text: str):
+        try:
+            return check(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"{text}: {e}") from None
+    parse.__name__ = name
+    return parse
+
+
+def existing_folder(text: str) -> str:
+    """An argparse `type` for a folder that must be there (a folder to read)."""
+    if not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text}: no such folder")
+    return text
+
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """--help keeps the description's own lines and shows each option's default, unless its help already
     says it or it has none worth showing (off, unset)."""

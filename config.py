@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +20,9 @@ import cli
 from errors import DataError, OptionError, flag
 from fileio import atomic_write_text
 from metrics import METRICS, check_metric
-from models import MODELS
+from models import MODELS, WEIGHTS
+from models.weights import find_weight_file
+from runtime import check_device
 
 
 def _opt(default, help, **extra):
@@ -130,10 +133,34 @@ class TrainConfig:
 # Smaller images hold too little to classify and leave nothing after most architectures' downsampling (a
 # model may need more: the trainer tries it on a batch of that size before training).
 MIN_IMG_SIZE = 8
+# BatchNorm normalises a training batch by its own statistics: one image has none (its variance is zero).
+MIN_BATCH = 2
+# The longest name of a file or folder (bytes) on the usual file systems (ext4, XFS, APFS, NTFS).
+NAME_MAX = 255
+
+
+# The values each option allows, checked by `check_config` for every run (given as flags, saved in config.json, or
+# from Python): `minimum` / `maximum` inclusive, `above` / `below` exclusive, `why` said with a value outside them;
+# `check`: a function of the value that raises an OptionError (a format). Every int and float option has its range
+# here (a test holds it); `choices` are the fields' own (their flags' too).
+LIMITS = {
+    "epochs": dict(minimum=1), "img_size": dict(minimum=MIN_IMG_SIZE),
+    "batch_size": dict(minimum=MIN_BATCH, why=f"BatchNorm needs at least {MIN_BATCH} images in a training batch"),
+    "lr": dict(above=0), "head_lr_mult": dict(above=0), "momentum": dict(minimum=0, below=1),
+    "label_smoothing": dict(minimum=0, below=1), "val_split": dict(minimum=0, below=1), "erase": dict(minimum=0, below=1),
+    "ema": dict(minimum=0, below=1), "rotate": dict(minimum=0, maximum=180),
+    **{name: dict(minimum=0) for name in ("weight_decay", "warmup_epochs", "grad_clip", "translate", "mixup", "cutmix",
+                                          "folds", "fold", "patience", "freeze_epochs", "stop_at_epoch")},
+    "seed": dict(minimum=0, maximum=cli.MAX_SEED, why="numpy's and scikit-learn's seeds are 32-bit"),
+    "device": dict(check=check_device),
+}
+
 
 # Flags that may differ from the saved run when resuming; any other flag must match it.
+# --data: the dataset folder may have moved (the fingerprint of its files and the validation files, which
+# `session.check_same_data` compares, refuse other data).
 RESUMABLE_CHANGES = {"epochs", "stop_at_epoch", "progress", "resume", "device", "runs_dir", "cache_dir", "compile",
-                     "allow_data_change", "patience", "deterministic", "cudnn_benchmark", "resume_schedule"}
+                     "allow_data_change", "patience", "deterministic", "cudnn_benchmark", "resume_schedule", "data"}
 
 
 def build_parser(arch: str, defaults: dict) -> argparse.ArgumentParser:
@@ -194,10 +221,30 @@ def parse_config(arch: str, defaults: dict, argv=None) -> TrainConfig:
                               f"{', '.join(flag(k) for k in sorted(RESUMABLE_CHANGES))} can)")
         # An option the saved run does not know did not exist then: it keeps its built-in (off) default.
         values.update({k: saved.get(k, default) for k, default in built_in_defaults().items() if k != "arch"})
+        if "data" not in given:
+            values["data"] = saved_data_folder(saved, given["resume"])
     values.update(given)
     config = TrainConfig(**values)
     check_config(config)
     return config
+
+
+def saved_data_folder(saved: dict, run: str) -> str:
+    """The dataset folder of the saved run (a config.json) `run`: --data as it was given, when it is the folder the
+    run began on (its absolute path, "data_path", is recorded beside it); else that absolute path (resumed from
+    another working folder); else --data as given, when there is a folder there (the dataset moved: its
+    fingerprint decides whether it is the same data). Neither there: an error asking for its new place."""
+    given, absolute = str(saved.get("data", "")), saved.get("data_path")
+    here = Path(given).is_dir() if given else False
+    if here and (not absolute or os.path.abspath(given) == absolute):
+        return given
+    if absolute and Path(absolute).is_dir():
+        return absolute
+    if here:
+        return given
+    also = f" (nor {absolute})" if absolute and absolute != given else ""
+    raise DataError(f"--resume {run}: the run's dataset folder {given} does not exist{also}; if it has moved",
+                    option="data", fix="give its new place with {flag} NEWPATH")
 
 
 def script_name(arch: str) -> str:
@@ -227,27 +274,12 @@ FIND_LR_WITH_RESUME = ("--find-lr cannot be used with --resume: the finder tries
 
 
 def check_config(config: TrainConfig):
-    """A clear error naming the flag for an option no run can use."""
+    """A clear error naming the flag for an option no run can use: each option's allowed values (LIMITS), then the
+    options that do not go together."""
     if not config.data:
         raise OptionError("--data DIR is required (a folder with train.csv + train/, or train/<class>/...)")
     for f in dataclasses.fields(TrainConfig):
-        value = getattr(config, f.name)
-        if isinstance(value, float) and not math.isfinite(value):
-            raise OptionError(f"{flag(f.name)} must be a finite number, got {value}")
-    for name in ("epochs", "batch_size"):
-        if getattr(config, name) < 1:
-            raise OptionError(f"{flag(name)} must be at least 1, got {getattr(config, name)}")
-    if config.img_size < MIN_IMG_SIZE:
-        raise OptionError(f"--img-size must be at least {MIN_IMG_SIZE}, got {config.img_size}")
-    for name in ("erase", "ema", "label_smoothing", "momentum", "val_split"):
-        if not 0 <= getattr(config, name) < 1:
-            raise OptionError(f"{flag(name)} must be in [0, 1), got {getattr(config, name)}")
-    for name in ("translate", "rotate", "weight_decay", "grad_clip", "warmup_epochs", "stop_at_epoch", "seed",
-                 "freeze_epochs", "mixup", "cutmix", "patience", "folds", "fold"):
-        if getattr(config, name) < 0:
-            raise OptionError(f"{flag(name)} cannot be negative, got {getattr(config, name)}")
-    if config.lr <= 0:
-        raise OptionError(f"--lr must be positive, got {config.lr}")
+        check_value(f, getattr(config, f.name))
     if config.folds == 1 or (config.folds and not config.fold <= config.folds):
         raise OptionError(f"--folds must be 0 (off) or at least 2, and --fold between 1 and --folds; got --folds "
                           f"{config.folds} --fold {config.fold}")
@@ -258,18 +290,80 @@ def check_config(config: TrainConfig):
     if config.find_lr and config.folds:
         raise OptionError("--find-lr cannot be used with --folds: the folds train with one rate; find it once without "
                           "--folds (and --fold), then train the folds with the suggested --lr")
-    if config.head_lr_mult <= 0:
-        raise OptionError(f"--head-lr-mult must be positive, got {config.head_lr_mult}")
+    if config.patience and not config.val_split and not config.folds:
+        raise OptionError(f"--patience {config.patience} waits for a better validation score, and --val-split 0 holds "
+                          "out no images to score: hold out some with --val-split (e.g. 0.1), or train without "
+                          "--patience")
     check_metric(config.metric, config.multi_label)  # it names --metric and its value (errors.explain spells them)
     if config.id_col and config.id_col == config.label_col:
         raise OptionError(f"{flag('id_col')} and {flag('label_col')} both name the column {config.id_col!r}: an "
                           "image's id cannot be its label")
+    if config.pretrained and config.arch not in WEIGHTS:  # before --norm-stats, which follows from --pretrained
+        raise OptionError(f"{config.arch} has no pretrained weights: it trains from scratch", option="pretrained",
+                          value=config.pretrained, fix="train without {flag}")
     if config.norm_stats == "weights" and not config.pretrained:
         raise OptionError("--norm-stats weights needs --pretrained (weights whose normalisation to use)")
-    if config.name and (config.name in (".", "..") or any(c in config.name for c in "/\\\0")
-                        or config.name != config.name.strip()):
-        raise OptionError(f"--name {config.name!r}: a run name is one folder name inside --runs-dir "
+    if not config.resume:  # a resumed run starts from its own last.pt: these files were read when it began
+        check_start_files(config)
+    check_run_name(config)
+
+
+def check_value(f: dataclasses.Field, value):
+    """The value of the TrainConfig field `f` within what it allows (its choices, LIMITS)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise OptionError(f"{flag(f.name)} must be a finite number, got {value}")
+    if "choices" in f.metadata and value not in f.metadata["choices"]:
+        raise OptionError(f"{flag(f.name)} must be one of {', '.join(map(str, f.metadata['choices']))}, got {value!r}")
+    limits = LIMITS.get(f.name, {})
+    if "check" in limits:
+        limits["check"](value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    low, high = limits.get("minimum", limits.get("above")), limits.get("maximum", limits.get("below"))
+    if ((low is not None and (value < low or (value == low and "above" in limits)))
+            or (high is not None and (value > high or (value == high and "below" in limits)))):
+        why = f" ({limits['why']})" if "why" in limits else ""
+        raise OptionError(f"{flag(f.name)} must be {allowed(limits)}, got {value}{why}")
+
+
+def allowed(limits: dict) -> str:
+    """The values of an option's LIMITS, in words: "at least 1", "in [0, 1)", "positive", ..."""
+    low, high = limits.get("minimum", limits.get("above")), limits.get("maximum", limits.get("below"))
+    if low is not None and high is not None:
+        return f"in {'(' if 'above' in limits else '['}{low}, {high}{')' if 'below' in limits else ']'}"
+    if low is not None:
+        return ("positive" if low == 0 else f"above {low}") if "above" in limits else f"at least {low}"
+    return f"below {high}" if "below" in limits else f"at most {high}"
+
+
+def check_start_files(config: TrainConfig):
+    """The files a new run starts from, there before any image is decoded: --pretrained's weights (a file or
+    folder) and --init's checkpoint; and --runs-dir, a folder if it is there."""
+    if config.pretrained and config.pretrained != "imagenet":
+        find_weight_file(Path(config.pretrained))  # its WeightsError names --pretrained and the source
+    if config.init and not Path(config.init).exists():
+        raise OptionError("no such checkpoint file or run folder", option="init", value=config.init)
+    if Path(config.runs_dir).exists() and not Path(config.runs_dir).is_dir():
+        raise OptionError("is a file, not a folder of runs", option="runs_dir", value=config.runs_dir)
+
+
+def check_run_name(config: TrainConfig):
+    """--name: one folder name inside --runs-dir, short enough for the names made from it (with --folds, the
+    folds' NAME-fK and RUNS/NAME-oof.json's temporary file) to be file names."""
+    name = config.name
+    if not name or config.resume:  # a resumed run's name is its folder's
+        return
+    if name in (".", "..") or any(c in name for c in "/\\\0") or name != name.strip():
+        raise OptionError(f"--name {name!r}: a run name is one folder name inside --runs-dir "
                           "(no '/', '\\', '.' or '..', no spaces around it)")
+    # The atomic writer's temporary file beside RUNS/NAME-oof.json: .NAME-oof.json.<pid>.tmp (a pid has 7 digits).
+    made = [fold_name(name, config.folds), f".{name}-oof.json.{9_999_999}.tmp"] if config.folds else [name]
+    longest = max(len(n.encode()) for n in made)
+    if longest > NAME_MAX:
+        extra = f" (with --folds {config.folds}: {longest - len(name.encode())} bytes more for the names made from it)" \
+            if config.folds else ""
+        raise OptionError(f"--name: {len(name.encode())} bytes is too long for a run name{extra}: a file name has at "
+                          f"most {NAME_MAX} bytes; choose a shorter one")
 
 
 def read_saved_config(run_dir: Path) -> dict:
@@ -284,9 +378,13 @@ def read_saved_config(run_dir: Path) -> dict:
 
 
 def save_config(config: TrainConfig, run_dir: Path):
-    atomic_write_text(run_dir / "config.json", json.dumps(dataclasses.asdict(config), indent=2))
+    """config.json: the options, and the dataset folder's absolute path ("data_path"), which finds it when the run
+    is resumed from another working folder (`saved_data_folder`)."""
+    values = {**dataclasses.asdict(config), "data_path": os.path.abspath(config.data)}
+    atomic_write_text(run_dir / "config.json", json.dumps(values, indent=2))
 
 
-# Flags that say where or how a run is carried out, not what it trains: left out of its command.
+# Flags that say where or how a run is carried out, not what it trains: left out of its command (with data_path,
+# which config.json records beside --data: `save_config`).
 NOT_IN_COMMAND = {"arch", "data", "name", "runs_dir", "resume", "progress", "stop_at_epoch", "device", "cache_dir",
-                  "compile", "cudnn_benchmark", "allow_data_change", "find_lr"}
+                  "compile", "cudnn_benchmark", "allow_data_change", "find_lr", "data_path"}

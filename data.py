@@ -23,9 +23,9 @@ import sys
 from pathlib import Path
 
 import cli
-from batches import (Augment, Mix, Preprocess, batches, channel_stats, check_balance, count_batches,  # noqa: F401
-                     iterate_batches, label_matrix, normalize, prefetch, resident, stratified_folds, stratified_split,
-                     to_float, tta_views)
+from batches import (Augment, Mix, Preprocess, batches, channel_stats, check_balance, check_folds,  # noqa: F401
+                     count_batches, iterate_batches, label_matrix, normalize, prefetch, resident, stratified_folds,
+                     stratified_split, to_float, tta_views)
 from decode import (CACHE_VERSION, ImageArray, cache_dir_for, cache_key, decode_image, images_per_chunk,  # noqa: F401
                     is_writable, load_images, reserve_space, user_cache_dir)
 from demo import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, read_idx, write_fashion_mnist  # noqa: F401
@@ -47,6 +47,7 @@ def describe(root: str | Path, id_col=None, label_col=None, labels_file=None, tr
              f"classes{kind}", found.summary]
     lines += [f"  {name!r}: {n}" for name, n in zip(found.class_names, counts)]
     lines += found.notes
+    lines += [f"warning: {warning}" for warning in found.warnings]
     try:
         lines.append(f"test images: {len(find_test_images(root, test_dir))}")
     except DataError as e:
@@ -73,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("fashion-mnist", help="write the Fashion-MNIST demo competition to DIR")
     demo.add_argument("dir", help="the folder to write the competition into")
     demo.add_argument("--source", type=Path, default=None, help=f"folder of the idx .gz files (default {FASHION_MNIST_DIR})")
-    demo.add_argument("--limit", type=int, default=None, help="keep only the first N images of each split "
+    demo.add_argument("--limit", type=cli.int_in(1), default=None, help="keep only the first N images of each split "
                       "(default: all)")
     info = sub.add_parser("info", help="show what a dataset folder holds")
     _add_layout_options(info)
@@ -86,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--img-size", type=int, default=None, metavar="S", help="the size training would resize to "
                       "(default: the built-in --img-size, train_cnn.py's; give the size your script trains at; the images are "
                       "decoded into the cache training uses)")
-    show.add_argument("--seed", type=int, default=0, help="which images, and their augmentation")
+    show.add_argument("--seed", type=cli.int_in(0, cli.MAX_SEED), default=0,
+                      help="which images, and their augmentation")
     return parser
 
 

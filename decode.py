@@ -23,7 +23,9 @@ from images import listing
 
 log = logging.getLogger("imgcomp")
 
-CACHE_VERSION = 1
+# Part of every cache key: raised when decoding gives other pixels for the same files (2: images of other depths
+# than uint8 scaled by their range, `to_uint8`, where version 1 clipped them), so no older cache is served.
+CACHE_VERSION = 2
 
 
 def decode_image(path: Path, img_size: int, channels: int | None) -> np.ndarray:
@@ -37,10 +39,8 @@ def decode_image(path: Path, img_size: int, channels: int | None) -> np.ndarray:
     img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if img is None:
         raise ValueError("cannot decode (truncated, corrupt or not an image)")
-    if img.dtype == np.uint16:
-        img = (img.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
-    elif img.dtype != np.uint8:  # float TIFFs: assume 0..1
-        img = (np.clip(img.astype(np.float32), 0, 1) * 255 + 0.5).astype(np.uint8)
+    if img.dtype != np.uint8:
+        img = to_uint8(img)
     if img.ndim == 3 and img.shape[2] == 1:
         img = img[:, :, 0]
     elif img.ndim == 3 and img.shape[2] == 2:  # gray + alpha
@@ -57,6 +57,35 @@ def decode_image(path: Path, img_size: int, channels: int | None) -> np.ndarray:
         shrink = img.shape[0] > img_size or img.shape[1] > img_size
         img = cv2.resize(img, (img_size, img_size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
     return img[None] if img.ndim == 2 else img.transpose(2, 0, 1)
+
+
+def to_uint8(img: np.ndarray) -> np.ndarray:
+    """The 0..255 picture of an image of another depth (16-bit PNGs, scientific, medical and satellite TIFFs).
+
+    Integers (uint16, int8, int16, int32): their type's whole range maps to 0..255, for signed types too
+    (int16: -32768 -> 0, 0 -> 128, 32767 -> 255): every image of a dataset is scaled alike, so its brightness
+    means the same in all of them, whatever values one image happens to hold.
+    Floats have no range of their own; by their values: within 0..1, times 255 (the float convention); else
+    within 0..255, as they are (8-bit values stored as floats: the same picture as the uint8 image); else the
+    image's own min..max stretched to 0..255. An image of one value outside 0..255 is flat: it saturates (0 below,
+    255 above). NaN becomes 0, infinities 0 and 255; min and max are taken over the finite values."""
+    if np.issubdtype(img.dtype, np.integer):
+        info = np.iinfo(img.dtype)
+        scaled = (img.astype(np.float64) - info.min) * (255.0 / (float(info.max) - info.min))
+    else:
+        values = img.astype(np.float64)
+        finite = values[np.isfinite(values)]
+        low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+        if low >= 0 and high <= 1:
+            scaled = values * 255.0
+        elif low >= 0 and high <= 255:
+            scaled = values
+        elif high > low:
+            scaled = (values - low) * (255.0 / (high - low))
+        else:  # one value, outside 0..255: nothing to stretch
+            scaled = values
+        scaled = np.nan_to_num(scaled, nan=0.0, posinf=255.0, neginf=0.0)
+    return (np.clip(scaled, 0, 255) + 0.5).astype(np.uint8)
 
 
 @dataclass
@@ -180,19 +209,32 @@ def load_images(files: list[Path], img_size: int, channels: int | None = None, c
     return ImageArray(np.load(npy_path, mmap_mode="r"), files, {int(k): v for k, v in bad.items()})
 
 
+def no_space(folder: str | Path, size: int, what: str, free: int) -> DataError:
+    """The error of a cache that does not fit in the free space of `folder`'s disk (option cache_dir)."""
+    return DataError(f"no space left on the device of {folder} for {what}: it needs {size / 2**20:,.0f} MB, "
+                     f"{free / 2**20:,.0f} MB are free; free some space, or put the cache elsewhere ($IMGCOMP_CACHE)",
+                     option="cache_dir", fix="or name another folder")
+
+
+def check_free_space(folder: str | Path, size: int, what: str):
+    """Refuse `size` bytes in `folder` before anything is written when its disk has less free: reserving them
+    would fill the disk, for every program on it, before failing."""
+    free = shutil.disk_usage(folder).free
+    if size > free:
+        raise no_space(folder, size, what, free)
+
+
 def reserve_space(path: str | Path, size: int, what: str):
     """Allocate `size` bytes of `path` on its disk now, so that a full disk is a clear error here rather
-    than a crash (SIGBUS) when a memory-mapped page is first written."""
+    than a crash (SIGBUS) when a memory-mapped page is first written (the free space may have gone since
+    `check_free_space`)."""
     fd = os.open(path, os.O_RDWR)
     try:
         os.posix_fallocate(fd, 0, size)
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
-            raise DataError(f"no space left on the device of {os.path.dirname(os.path.abspath(path))} for {what} "
-                            f"(needs {size / 2**20:,.0f} MB, {free / 2**20:,.0f} MB free): free some space, or put "
-                            "the cache elsewhere with $IMGCOMP_CACHE", option="cache_dir",
-                            fix="or name another folder") from None
+            folder = os.path.dirname(os.path.abspath(path))
+            raise no_space(folder, size, what, shutil.disk_usage(folder).free) from None
         if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # file systems without fallocate: written as used
             raise
     finally:
@@ -210,11 +252,13 @@ def _decode_all(files, img_size, channels, cache_dir, workers, progress, desc):
     workers = workers or min(8, os.cpu_count() or 1)
 
     def new_array(c):
+        what = f"the cache of {n} decoded images"
+        check_free_space(cache_dir, n * c * img_size * img_size, what)
         fd, name = tempfile.mkstemp(dir=cache_dir, suffix=".npy.tmp")
         os.close(fd)
         try:
             array = np.lib.format.open_memmap(name, mode="w+", dtype=np.uint8, shape=(n, c, img_size, img_size))
-            reserve_space(name, os.path.getsize(name), f"the cache of {n} decoded images")
+            reserve_space(name, os.path.getsize(name), what)
             return array
         except BaseException:
             os.unlink(name)

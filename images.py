@@ -9,6 +9,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +35,12 @@ ONE_HOT_VALUES = {"0": 0, "1": 1, "0.0": 0, "1.0": 1}
 
 
 def natural_key(text: str):
-    """Sort key that puts "img2" before "img10" and "2" before "10"."""
-    return [(0, int(part), "") if part.isdigit() else (1, 0, part.lower()) for part in re.split(r"(\d+)", str(text))]
+    """Sort key that puts "img2" before "img10" and "2" before "10". Names equal but for letter case or leading
+    zeros ("Cat" and "cat", "01" and "1") are then ordered by their text: the order never depends on the order
+    they were found in (a set's, which changes from process to process)."""
+    text = str(text)
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part.lower()) for part in re.split(r"(\d+)", text)] + \
+        [(2, 0, text)]
 
 
 def listing(items, limit=10) -> str:
@@ -64,6 +69,8 @@ class LabelledImages:
     # `id_column`); class folders: the file's path relative to the training folder.
     ids: list[str] = field(default_factory=list)
     id_column: str = "file"
+    # Labels that look like mistakes, trained as they are (`doubtful_labels`): for the log's warnings.
+    warnings: list[str] = field(default_factory=list)
 
 
 def _scan_images(folder: Path, notes: list[str]) -> list[tuple[str, Path]]:
@@ -133,6 +140,9 @@ def find_labelled_images(root: str | Path, id_col: str | None = None, label_col:
     if len(found.class_names) < 2:
         raise DataError(f"{root}: found {len(found.class_names)} class(es) {found.class_names}; a classifier needs "
                         "at least two")
+    counts = found.labels.sum(axis=0) if found.multi_label else np.bincount(found.labels,
+                                                                           minlength=len(found.class_names))
+    found.warnings = doubtful_labels(found.class_names, [int(n) for n in counts], found.multi_label)
     return found
 
 
@@ -228,6 +238,41 @@ def _read_class_folders(root: Path, train_dir, multi_label: bool | None, notes: 
     summary = f"labels: the class folders of {_shown(folder, root)}: {kind}"
     return LabelledImages(files, labels, class_names, "folder", notes, bool(multi_label), summary, None, folder,
                           ids=ids)
+
+
+# Labels a table holds where a value is missing (pandas writes NaN, R NA): rarely a class.
+MISSING_LABELS = {"nan", "none", "null", "na", "n/a", "<na>"}
+
+
+def _label_key(name: str) -> str:
+    """What two labels that mean the same class share: letter case, spaces and a number's writing aside
+    ("Cat" and " cat", "01" and "1", "1.0" and "1")."""
+    key = " ".join(name.split()).casefold()
+    try:
+        number = Decimal(key)
+    except InvalidOperation:
+        return key
+    return str(number.normalize()) if number.is_finite() else key
+
+
+def doubtful_labels(class_names: list[str], counts: list[int], multi_label: bool) -> list[str]:
+    """Warnings about class names (tags) that are likely mistakes, which train as classes of their own: names
+    that differ only in letter case, spaces or leading zeros, and names that stand for a missing value ('NaN')."""
+    what = "tags" if multi_label else "labels"
+    groups: dict[str, list[str]] = {}
+    for name in class_names:
+        groups.setdefault(_label_key(name), []).append(name)
+    alike = [" and ".join(map(repr, names)) for names in groups.values() if len(names) > 1]
+    warnings = []
+    if alike:
+        warnings.append(f"{what} that look like the same class: {'; '.join(alike[:10])}"
+                        f"{f'; ... ({len(alike)} groups)' if len(alike) > 10 else ''} -- they are trained as "
+                        "different classes (correct the labels file if they are one)")
+    for name, count in zip(class_names, counts):
+        if name.strip().casefold() in MISSING_LABELS:
+            warnings.append(f"{count} {'image has' if count == 1 else 'images have'} the {what[:-1]} {name!r}, "
+                            "which is how a missing value is written: it is trained as a class of its own")
+    return warnings
 
 
 def _class_indices(names: list[str]) -> tuple[list[str], np.ndarray]:

@@ -70,7 +70,7 @@ from ensemble import (Weighting, are_folds, blend, choose_weights, ensemble_thre
                       fold_scores, fold_thresholds, format_weighting, given_weights, models_used, oof_summary_path,
                       out_of_fold_weights, recorded_val_scores, training_images, validation_images, weigh_given)
 from errors import DataError, OptionError, UsageError, explain, flag
-from runtime import setup_runtime
+from runtime import check_device, setup_runtime
 from submission import (SHAPES, Answers, Shape, check_classes, choose_shape, read_answers, read_id_csv, read_sample,
                         sample_classes, sample_files, solution_classes, submission_cells, submission_rows,
                         write_submission)
@@ -457,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="what the submission holds after the id (default: what the sample, the model and the "
                              "metric ask for): the class, one probability per class, the positive class's "
                              "probability, a multi-label model's tags, or the K most probable classes")
-    parser.add_argument("--top-k", type=int, default=None, metavar="K",
+    parser.add_argument("--top-k", type=cli.int_in(1), default=None, metavar="K",
                         help="write the K most probable classes, the most probable first (for MAP@K)")
     parser.add_argument("--probs", default=None, metavar="FILE", help="also write per-class probabilities here")
     parser.add_argument("--solution", default=None, metavar="FILE",
@@ -474,8 +474,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="an ensemble's weights: fitted on the validation images its members share (never "
                              "below the best member there), equal, or one non-negative number per model in the "
                              "order given (e.g. 0.7,0.3; normalised to sum 1)")
-    parser.add_argument("--batch-size", type=int, default=256, help="images per inference batch")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    parser.add_argument("--batch-size", type=cli.int_in(1), default=256, help="images per inference batch")
+    parser.add_argument("--device", default="auto", type=cli.checked(check_device, "device"),
+                        help="auto (CUDA when available), cpu, cuda, cuda:N")
     parser.add_argument("--cache-dir", default="", help="where decoded images are cached (default: next to them)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                         help="show a progress bar while decoding images")

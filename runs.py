@@ -488,7 +488,8 @@ def main(argv=None):
     parser = cli.Parser(prog="runs.py", description="Tools for run folders.")
     sub = parser.add_subparsers(dest="command", required=True)
     table = sub.add_parser("table", help="print the runs table as Markdown")
-    table.add_argument("--runs-dir", default="runs", help="the folder that holds the run folders")
+    table.add_argument("--runs-dir", type=cli.existing_folder,
+                       help="the folder that holds the run folders (default: runs, when there is one)")
     table.add_argument("--commands", action="store_true", help="add the command that trains each run")
     table.add_argument("--into", type=Path, help="also write the table between the runs-table markers of this "
                        f"file ({TABLE_START} ... {TABLE_END})")
@@ -496,7 +497,7 @@ def main(argv=None):
     plot.add_argument("run_dir", type=Path, help="the run folder (its metrics.csv)")
     args = parser.parse_args(argv)
     if args.command == "table":
-        table = runs_table(args.runs_dir, commands=args.commands)
+        table = runs_table(args.runs_dir or "runs", commands=args.commands)
         print(table, end="")
         if args.into:
             try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from errors import SetupError
+from errors import OptionError, SetupError
 
 log = logging.getLogger("imgcomp")
 _IMPORTED = time.perf_counter()
@@ -46,6 +47,17 @@ class Runtime:
         return self.world_size > 1
 
 
+DEVICES = "auto, cpu, cuda or cuda:N"
+
+
+def check_device(name: str) -> str:
+    """A device option's value (--device): auto, cpu, cuda or cuda:N; anything else is an OptionError."""
+    if not isinstance(name, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
+        raise OptionError(f"not a device: expected {DEVICES} (N: the GPU's number, from 0)", option="device",
+                          value=name)
+    return name
+
+
 def setup_runtime(device: str = "auto", deterministic: bool = False, cudnn_benchmark: bool = False) -> Runtime:
     """Pick the device, and join the torchrun process group when launched by torchrun. `deterministic`: the
     same results run after run on a GPU too (deterministic algorithms, no cuDNN autotuning, no TF32), slower.
@@ -56,13 +68,16 @@ def setup_runtime(device: str = "auto", deterministic: bool = False, cudnn_bench
         torch.use_deterministic_algorithms(True, warn_only=True)  # an op without such a kernel warns, not fails
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
+    if check_device(device) == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise SetupError("CUDA is not available on this machine", option="device", value=device)
         dev = torch.device("cuda", local_rank if world_size > 1 else (dev.index or 0))
+        if dev.index >= torch.cuda.device_count():
+            raise SetupError(f"this machine has no GPU {dev.index}: it has {torch.cuda.device_count()} (cuda:0 to "
+                             f"cuda:{torch.cuda.device_count() - 1})", option="device", value=device)
         torch.cuda.set_device(dev)
         # Autotuning is off unless asked for: it runs every algorithm of each distinct convolution shape on its
         # first use, and models such as ReXNet (a different channel count in each block) have dozens of shapes,

@@ -29,7 +29,7 @@ import metrics
 import runs
 from checkpoint import ModelSpec, describe_spec, init_from_checkpoint, load_resumable, load_weights, make_checkpoint
 from compute import ComputeFormat, choose_format
-from config import TrainConfig, default_run_name
+from config import MIN_BATCH, TrainConfig, default_run_name
 from errors import DataError, OptionError, SetupError, UsageError
 from fileio import atomic_write_text
 from images import label_text
@@ -305,14 +305,25 @@ def dataset_key(train_data: TrainData, root: str) -> str:
 
 
 def check_same_data(resume: dict, train_data: TrainData, config: TrainConfig, key: str):
-    """Refuse to resume on a dataset whose files changed since the run began (the split would silently
+    """Refuse to resume on data the run's model cannot take (other classes, single- or multi-label, other image
+    channels: what its spec fixed; the image size is an option that cannot change), whatever
+    --allow-data-change says; and on a dataset whose files changed since the run began (the split would silently
     change), unless --allow-data-change."""
-    if resume["spec"]["class_names"] != train_data.class_names:
-        raise DataError(f"--resume: the classes in {config.data} differ from the run's {resume['spec']['class_names']}")
-    if resume["spec"].get("multi_label", False) != train_data.multi_label:
+    spec = resume["spec"]
+    if spec["class_names"] != train_data.class_names:
+        raise DataError(f"--resume: the classes in {config.data} differ from the run's {spec['class_names']}")
+    if spec.get("multi_label", False) != train_data.multi_label:
         shape = {True: "multi-label (tags)", False: "single-label"}
         raise DataError(f"--resume: the labels in {config.data} read as {shape[train_data.multi_label]}, the run "
                         f"trained on {shape[not train_data.multi_label]} labels")
+    channels = int(train_data.pixels.shape[1])
+    if spec["channels"] != channels:
+        kind = {1: "gray", 3: "colour"}
+        colour = " (some of its images are in colour now)" if channels == 3 else ""
+        raise DataError(f"--resume: the images' channels changed: the run trained on {spec['channels']} "
+                        f"({kind.get(spec['channels'], '?')}), the images in {config.data} now have {channels} "
+                        f"({kind.get(channels, '?')}){colour}; the run's model takes {spec['channels']}-channel "
+                        "images and cannot continue on them: resume on the run's images, or train a new run")
     val_files = [relative_name(train_data.files[i], config.data) for i in train_data.val_idx]
     same = val_files == resume["val_files"] and resume.get("dataset_key", key) == key
     if not same and not config.allow_data_change:
@@ -332,7 +343,11 @@ def load_train_data(config: TrainConfig, rt: Runtime) -> TrainData:
         log.info(found.summary)
         for note in found.notes:
             log.info(note)
+        for warning in found.warnings:
+            log.warning("%s", warning)
     check_labels_fit(config, found.multi_label)
+    if config.folds:
+        data.check_folds(found.labels, config.folds, found.class_names)  # its warning: `check_folds_fit`, once
     if rt.distributed and not rt.is_main:
         dist.barrier()  # rank 0 decodes and caches first; the others then read its cache
     images = data.load_images(found.files, config.img_size, None, data.cache_dir_for(config.data, config.cache_dir),
@@ -349,10 +364,40 @@ def load_train_data(config: TrainConfig, rt: Runtime) -> TrainData:
     if images.bad:
         train_idx = np.setdiff1d(train_idx, list(images.bad))
         val_idx = np.setdiff1d(val_idx, list(images.bad))
-    if len(train_idx) < 2:
-        raise DataError(f"only {len(train_idx)} training image(s) after the validation split")
+    check_training_split(config, len(train_idx), rt.world_size)
     return TrainData(images.pixels, found.labels, found.files, found.class_names, train_idx, val_idx,
                      found.multi_label, dict(images.bad), found.ids, found.id_column)
+
+
+def check_batch_size(config: TrainConfig, world_size: int):
+    """Each process's share of a training batch holds at least MIN_BATCH images: BatchNorm cannot train on one."""
+    if config.batch_size // world_size < MIN_BATCH:
+        raise OptionError(f"split among {world_size} processes, a training batch holds fewer than {MIN_BATCH} images "
+                          f"per process (BatchNorm needs at least {MIN_BATCH})", option="batch_size",
+                          value=config.batch_size, fix=f"raise it to at least {MIN_BATCH * world_size}")
+
+
+def check_training_split(config: TrainConfig, n_train: int, world_size: int):
+    """The training split's batches hold at least MIN_BATCH images per process: a split smaller than a batch is
+    one batch of all of it (otherwise the last, smaller batch of an epoch is dropped: count_batches)."""
+    if min(n_train, config.batch_size) // world_size >= MIN_BATCH:
+        return
+    processes = f" for {world_size} processes" if world_size > 1 else ""
+    option, value = ("folds", config.folds) if config.folds else ("val_split", f"{config.val_split:g}")
+    raise DataError(f"only {n_train} training image(s) after the validation split{processes}: a training batch needs "
+                    f"at least {MIN_BATCH} images per process (BatchNorm)", option=option, value=value,
+                    fix="more folds, each holding out fewer images, with {flag}, or more images" if config.folds else
+                    "hold out fewer images with {flag}, or add images")
+
+
+def check_folds_fit(config: TrainConfig, rt: Runtime):
+    """--folds K, before the first fold is trained: an error when the dataset has fewer images than folds, and one
+    warning (rank 0) naming the classes with fewer images than folds (`data.check_folds`)."""
+    found = data.find_labelled_images(config.data, config.id_col or None, config.label_col or None,
+                                      config.labels or None, config.train_dir or None, config.multi_label)
+    warning = data.check_folds(found.labels, config.folds, found.class_names)
+    if warning and rt.is_main:
+        log.warning("%s", warning)
 
 
 def check_labels_fit(config: TrainConfig, multi_label: bool):
@@ -521,13 +566,12 @@ def prepare_session(config: TrainConfig, rt: Runtime, run_dir: Path | None = Non
         resume = load_resumable(Path(config.resume) / "last.pt", config.arch, config.img_size)
     run_dir = run_dir or run_dir_for(config)
     config = dataclasses.replace(config, name=run_dir.name)  # the name config.json and the checkpoints record
+    check_batch_size(config, rt.world_size)
     train_data = load_train_data(config, rt)
     channels = int(train_data.pixels.shape[1])
     key = dataset_key(train_data, config.data)
     if resume:
         check_same_data(resume, train_data, config, key)
-    if config.batch_size // rt.world_size < 1:
-        raise DataError(f"--batch-size {config.batch_size} is smaller than the number of processes ({rt.world_size})")
     mean, std = (resume["spec"]["mean"], resume["spec"]["std"]) if resume else normalization(config, train_data, channels)
     train_data.pixels = data.resident(train_data.pixels, rt.device)
     model = build_network(config, len(train_data.class_names), channels, config.pretrained if not resume else False)

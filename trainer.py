@@ -16,6 +16,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import signal
 import statistics
 import sys
@@ -42,8 +43,8 @@ from inference import infer
 from lr_finder import find_lr
 from models import head_name
 from runtime import Runtime, all_reduce, any_process, cuda_graphs, seconds_since_start, setup_runtime
-from session import (Session, StartClaim, describe_schedule_change, freeze_backbone, norm_source, prepare_session,
-                     record_skipped, run_dir_for)
+from session import (Session, StartClaim, check_folds_fit, describe_schedule_change, freeze_backbone, norm_source,
+                     prepare_session, record_skipped, run_dir_for)
 
 log = logging.getLogger("imgcomp")
 
@@ -316,6 +317,8 @@ def train(config: TrainConfig, script_defaults: dict | None = None, notes: tuple
     that runs it) are recorded in run.json, so that the runs table can write the run's command; `notes` (the
     options the command line settled, `settle_options`) go in the log."""
     with started_runtime(config) as rt:
+        if config.folds and not config.resume:  # one fold (--fold I); train_folds checks before its first fold
+            check_folds_fit(config, rt)
         if config.find_lr:  # a learning-rate range test instead of the run (lr_finder.py): nothing trained is kept
             return find_lr(config, rt, script_defaults or {}, _step, notes)
         return _train(config, rt, script_defaults or {}, notes)
@@ -393,6 +396,7 @@ def record_start(s: Session, start_epoch: int, resuming: bool, choice: dict | No
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, run_dir)
     runs.update_run_info(run_dir, name=run_dir.name, arch=config.arch, epochs=config.epochs,
+                         data_path=os.path.abspath(config.data),
                          epochs_done=start_epoch - 1, batch_size=config.batch_size, img_size=config.img_size,
                          mode=str(s.spec.compute), status="running", multi_label=s.spec.multi_label,
                          best_val_acc=p.best_val_acc if p.best_epoch else None, metric=config.metric,
@@ -418,6 +422,9 @@ def record_start(s: Session, start_epoch: int, resuming: bool, choice: dict | No
     if s.spec.multi_label and config.metric == "accuracy":
         log.info("--metric accuracy on multi-label data: the share of images with every tag right (subset accuracy); "
                  "tag competitions are mostly scored per image: --metric f2_samples or f1_samples")
+    if config.patience and not len(s.data.val_idx):
+        log.warning("--patience %d: the validation split holds no images (its classes are too small to hold any "
+                    "out), so there is no score to wait for: the run trains all its epochs", config.patience)
     if start_epoch > config.epochs:
         log.info("the run already has %d epochs; raise --epochs to train longer", config.epochs)
 
@@ -552,6 +559,7 @@ def train_folds(config: TrainConfig, script_defaults: dict | None = None, notes:
     command again resumes where it stopped. Returns the out-of-fold file."""
     with started_runtime(config) as rt:
         base = config.name or default_run_name(config.arch)
+        check_folds_fit(config, rt)  # before the first fold trains
         for fold in range(1, config.folds + 1):
             run_dir = Path(config.runs_dir) / fold_name(base, fold)
             info = runs.read_run_info(run_dir) or {}
@@ -638,6 +646,8 @@ def main(arch: str, argv=None, **defaults) -> Path | None:
     --folds K)."""
     try:
         config = parse_config(arch, defaults, argv)
+        if not Path(config.data).is_dir():  # before the runtime starts (a config from Python may name it later)
+            raise DataError("no such dataset folder", option="data", value=config.data)
         config, notes = settle_options(config, given_options(arch, defaults, argv))
         if config.folds and not config.fold and not config.resume:
             return train_folds(config, defaults, notes)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import os
 import re
 import struct
@@ -351,6 +352,55 @@ def test_sixteen_bit_gray_dataset_from_class_images(tmp_path):
     img8 = class_image(1, 3, 16, rng)
     path = write_image(tmp_path / "a.png", class_image(1, 3, 16, np.random.default_rng(0), dtype=np.uint16))
     np.testing.assert_array_equal(data.decode_image(path, 16, None)[0], img8)
+
+
+# Each depth written as a TIFF holding the uint8 picture `img8` in that depth's units (uint16, int16 and int32:
+# over their type's whole range; floats: 0..1, 0..255 as they are, or any range), decoded back to `img8`.
+DEPTHS = {
+    "uint16": lambda img8: img8.astype(np.uint16) * 257,
+    "int16": lambda img8: (img8.astype(np.int32) * 257 - 32768).astype(np.int16),
+    "int32": lambda img8: (img8.astype(np.int64) * 16843009 - 2**31).astype(np.int32),  # (2^32 - 1) / 255
+    "float32 0..1": lambda img8: (img8 / 255.0).astype(np.float32),
+    "float32 0..255": lambda img8: img8.astype(np.float32),
+    "float64 -1000..3000": lambda img8: img8.astype(np.float64) * (4000 / 255) - 1000,  # as CT numbers range
+}
+
+
+@pytest.mark.parametrize("depth", list(DEPTHS))
+def test_every_depth_decodes_to_the_same_picture_as_its_uint8_image(tmp_path, depth):
+    img8 = class_image(1, 3, 16, np.random.default_rng(0))
+    img8[0, 0], img8[0, 1] = 0, 255  # the picture's own range is the whole 0..255 (for the stretched float)
+    path = write_image(tmp_path / "img.tif", DEPTHS[depth](img8))
+    assert cv2.imread(str(path), cv2.IMREAD_UNCHANGED).dtype.name == depth.split()[0]
+    decoded = data.decode_image(path, 16, None)[0]
+    assert np.abs(decoded.astype(int) - img8).max() <= 1  # a rounding at most: not clipped to black and white
+    assert len(np.unique(decoded)) > 10
+
+
+def test_signed_and_float_images_follow_the_documented_rules():
+    # int16: the type's range, also for an image of non-negative values only (every image scaled alike)
+    assert decode.to_uint8(np.array([[-32768, 0, 32767]], np.int16)).tolist() == [[0, 128, 255]]
+    assert decode.to_uint8(np.array([[0, 32767]], np.int16)).tolist() == [[128, 255]]
+    assert decode.to_uint8(np.array([[-128, 127]], np.int8)).tolist() == [[0, 255]]
+    # floats: 0..1 times 255; 0..255 as they are; else the image's min..max; NaN 0, infinities 0 / 255
+    assert decode.to_uint8(np.array([[0.0, 0.5, 1.0]], np.float32)).tolist() == [[0, 128, 255]]
+    assert decode.to_uint8(np.array([[0.0, 2.0, 255.0]], np.float32)).tolist() == [[0, 2, 255]]
+    assert decode.to_uint8(np.array([[-1.0, 0.0, 1.0]])).tolist() == [[0, 128, 255]]
+    assert decode.to_uint8(np.array([[np.nan, np.inf, -np.inf, 0.5]])).tolist() == [[0, 255, 0, 128]]
+    # one value throughout: no division by zero
+    for value, expected in ((1000.0, 255), (-5.0, 0), (0.25, 64), (7.0, 7)):
+        assert (decode.to_uint8(np.full((4, 4), value, np.float32)) == expected).all(), value
+    assert (decode.to_uint8(np.full((4, 4), np.nan, np.float32)) == 0).all()
+
+
+def test_the_cache_key_changed_with_the_scaling_of_other_depths(tmp_path):
+    # version 1 clipped float 0..255 and int16 images to black and white: its caches must not be served
+    assert data.CACHE_VERSION >= 2
+    files = [write_image(tmp_path / "a.tif", np.full((8, 8), 100, np.float32))]
+    names_key, full_key = data.cache_key(files, 8, None)
+    old_names = hashlib.sha256(f"v1|8|None|{os.path.abspath(files[0])}\0".encode()).hexdigest()[:12]
+    assert names_key != old_names
+    assert (load(files, 8, tmp_path / "cache").pixels == 100).all()
 
 
 def test_mixed_gray_and_colour_dataset_becomes_rgb_with_gray_replicated(tmp_path):

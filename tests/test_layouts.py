@@ -272,6 +272,32 @@ def test_the_id_column_is_the_one_of_unique_values_and_no_label_candidate(tmp_pa
     assert named.class_names == ["x", "y"] and names_of(named) == ["x", "y", "x"]
 
 
+def test_labels_that_look_like_one_class_or_a_missing_value_are_warned_about(tmp_path):
+    rows = [(f"c{i}", label) for i, label in enumerate(["cat", "Cat", "dog", "01", "1", "2", "1.0"] + ["NaN"] * 12)]
+    competition(tmp_path / "csv", rows)
+    found = data.find_labelled_images(tmp_path / "csv")
+    # trained as they are, in an order of their own (names equal but for case or zeros: by their text, whatever
+    # order a set of them has in this process), and said so:
+    assert found.class_names == ["01", "1", "1.0", "2", "Cat", "cat", "dog", "NaN"]
+    alike, missing = found.warnings
+    assert alike.startswith("labels that look like the same class: ") and "trained as different classes" in alike
+    assert "'Cat' and 'cat'" in alike and "'01' and '1' and '1.0'" in alike and "'dog'" not in alike
+    assert missing.startswith("12 images have the label 'NaN'") and "missing value" in missing
+    assert f"warning: {alike}" in data.describe(tmp_path / "csv")  # python data.py info shows them
+    # class folders whose names differ by case or spaces; tags named None
+    for name in ("cat", " cat", "Dog", "dog"):
+        write_image(tmp_path / "folders" / "train" / name / "0.png")
+    assert data.find_labelled_images(tmp_path / "folders").warnings == [
+        "labels that look like the same class: ' cat' and 'cat'; 'Dog' and 'dog' -- they are trained as different "
+        "classes (correct the labels file if they are one)"]
+    competition(tmp_path / "tags", [("t0", "a b"), ("t1", "None"), ("t2", "a")], header=("id", "tags"))
+    tagged = data.find_labelled_images(tmp_path / "tags")
+    assert tagged.multi_label and tagged.warnings == ["1 image has the tag 'None', which is how a missing value is "
+                                                      "written: it is trained as a class of its own"]
+    competition(tmp_path / "clean", [("a", "x1"), ("b", "x2"), ("c", "10"), ("d", "1")])
+    assert data.find_labelled_images(tmp_path / "clean").warnings == []
+
+
 # ----------------------------------------------------------------------------------------------
 # Splits and folds of multi-label data (iterative stratification)
 # ----------------------------------------------------------------------------------------------
