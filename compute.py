@@ -72,7 +72,7 @@ def fast_bf16(device: torch.device) -> bool:
 
 def measure_formats(model: nn.Module, x: torch.Tensor, y: torch.Tensor, modes: list[ComputeFormat],
                     device: torch.device, warmup: int = 2, min_steps: int = 5, max_steps: int = 15,
-                    budget_s: float = 10.0) -> dict[ComputeFormat, float]:
+                    budget_s: float = 6.0, run_steps: int = 0) -> dict[ComputeFormat, float]:
     """Seconds of a training step (forward, backward, AdamW) of a copy of `model` on the batch (x, y) in each
     format: the mean of the timed steps without the slowest one, since a run's time is the sum of its steps
     (bf16 steps of some models are bimodal: a median hides their slow half). The model itself is left untouched.
@@ -82,15 +82,17 @@ def measure_formats(model: nn.Module, x: torch.Tensor, y: torch.Tensor, modes: l
     rounds, formats more than 25% slower than the best are dropped; measuring stops when one leads the next by
     more than 10%, or after `max_steps` rounds, or once `budget_s` seconds have passed since it began (warm-up
     included: a run must start quickly; where even the warm-up outlasts the budget, its last round decides).
+    With `run_steps` (the run's steps), a run that the first step's time says is shorter than `budget_s` is not
+    worth measuring: only that first format's time is returned.
     Close formats need the extra rounds because single steps on a shared machine are noisy (BENCHMARKS.md);
     the decision is remembered (`choose_format`), so it is measured once per model, size and machine."""
     # No cuDNN autotuning while measuring: it would tune every convolution of every trial copy; the formats are
     # compared with the same default kernel choice.
     with no_autotune():
-        return _measure(model, x, y, modes, device, warmup, min_steps, max_steps, budget_s)
+        return _measure(model, x, y, modes, device, warmup, min_steps, max_steps, budget_s, run_steps)
 
 
-def _measure(model, x, y, modes, device, warmup, min_steps, max_steps, budget_s) -> dict[ComputeFormat, float]:
+def _measure(model, x, y, modes, device, warmup, min_steps, max_steps, budget_s, run_steps) -> dict[ComputeFormat, float]:
     trials = {}
     for mode in modes:
         trial = copy.deepcopy(model).to(device, memory_format=mode.memory_format).train()
@@ -113,6 +115,8 @@ def _measure(model, x, y, modes, device, warmup, min_steps, max_steps, budget_s)
             opt.zero_grad(set_to_none=True)
             sync(device)
             last[mode] = time.perf_counter() - start
+            if round_ == 0 and run_steps and last[mode] * run_steps < budget_s:
+                return {mode: last[mode]}  # the whole run, at this (first, slowest) step's time, beats the trial
             if round_ >= warmup:
                 times[mode].append(last[mode])
         elapsed = time.perf_counter() - began
@@ -178,7 +182,26 @@ def _remembered(key: str) -> dict | None:
         return None
 
 
-def _remember(key: str, best: ComputeFormat, times: dict):
+def _is_clear(times: dict, best: ComputeFormat) -> bool:
+    """Whether the winner leads every other format by more than CLOSE (else the choice is remembered as unsure)."""
+    others = [t for m, t in times.items() if m != best]
+    return not others or min(others) > (1 + CLOSE) * times[best]
+
+
+def _with_earlier(key: str, times: dict) -> tuple[dict, int]:
+    """`times` averaged with an earlier, unsure measurement of the same key (weighted by its count), and the number
+    of measurements they make together."""
+    entry = _remembered(key)
+    if not entry or entry.get("sure", True):
+        return times, 1
+    count = int(entry.get("measurements", 1))
+    earlier = entry.get("ms_per_step", {})
+    merged = {m: (t + count * earlier[str(m)] / 1000) / (count + 1) if str(m) in earlier else t
+              for m, t in times.items()}
+    return merged, count + 1
+
+
+def _remember(key: str, best: ComputeFormat, times: dict, sure: bool = True, count: int = 1):
     path = format_memory_path()
     try:
         memory = json.loads(path.read_text()) if path.is_file() else {}
@@ -187,7 +210,7 @@ def _remember(key: str, best: ComputeFormat, times: dict):
         memory = {}
     memory[key] = {"format": {"precision": best.precision, "channels_last": best.channels_last},
                    "ms_per_step": {str(m): round(t * 1000, 2) for m, t in times.items()},
-                   "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
+                   "measured": time.strftime("%Y-%m-%d %H:%M:%S"), "sure": sure, "measurements": count}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(memory, indent=1))
@@ -195,8 +218,16 @@ def _remember(key: str, best: ComputeFormat, times: dict):
         log.warning("could not remember the compute format in %s: %s", path, e)
 
 
+# The trial's budget in seconds (its warm-up included): a run must start quickly.
+TRIAL_BUDGET_S = 6.0
+# A remembered choice whose formats were this close (relative to the winner) or noisier is measured again on the
+# next runs, up to MAX_MEASUREMENTS times in all, and decided by the mean of the measurements.
+CLOSE = 0.10
+MAX_MEASUREMENTS = 3
+
+
 def choose_format(precision: str, channels_last: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                  rt: Runtime, arch: str = "") -> tuple[ComputeFormat, dict]:
+                  rt: Runtime, arch: str = "", run_steps: int = 0) -> tuple[ComputeFormat, dict]:
     """The compute format of a run: fixed by the options when they allow one; else remembered from an earlier
     measurement of the same `arch`, batch shape, device and torch version (`format_memory_path`); else measured
     on a copy of `model` with the batch (x, y) and remembered. With torchrun, rank 0 decides for every process.
@@ -209,23 +240,42 @@ def choose_format(precision: str, channels_last: str, model: nn.Module, x: torch
     if rt.is_main:
         key = format_key(arch, x, modes, rt.device)
         entry = _remembered(key) if arch else None
+        if entry and not entry.get("sure", True) and entry.get("measurements", 1) < MAX_MEASUREMENTS:
+            entry = None  # close or noisy last time: measured again (and averaged with it)
         if entry:
             best = ComputeFormat(**entry["format"])
             decision = {"how": "remembered", "ms_per_step": entry.get("ms_per_step", {}),
+                        "step_s": entry.get("ms_per_step", {}).get(str(best), 0) / 1000 or None,
                         "measured": entry.get("measured", ""), "file": str(format_memory_path())}
             log.info("compute format: %s, remembered from %s (%s; measured %s)", best, format_memory_path(),
                      ", ".join(f"{m} {t:.0f} ms/step" for m, t in decision["ms_per_step"].items()), decision["measured"])
         else:
             started = time.perf_counter()
-            times = measure_formats(model, x, y, modes, rt.device)
+            times = measure_formats(model, x, y, modes, rt.device, budget_s=TRIAL_BUDGET_S, run_steps=run_steps)
+            if len(times) == 1 < len(modes):  # the whole run is shorter than the trial: not worth measuring
+                best = next(iter(times))
+                log.info("compute format: %s, not measured (the whole run, %d steps of about %.0f ms, is shorter "
+                         "than the %g s trial)", best, run_steps, times[best] * 1000, TRIAL_BUDGET_S)
+                return _shared(best, {"how": "not measured: the run is shorter than the trial",
+                                      "step_s": times[best]}, rt)
+            times, count = _with_earlier(key, times) if arch else (times, 1)
             best = pick_format(times)
+            sure = _is_clear(times, best)
             decision = {"how": "measured", "ms_per_step": {str(m): round(t * 1000, 2) for m, t in times.items()},
-                        "seconds": round(time.perf_counter() - started, 1)}
-            log.info("compute format: measured %s in %.0f s -> using %s",
-                     ", ".join(f"{m} {t * 1000:.0f} ms/step" for m, t in times.items()), decision["seconds"], best)
+                        "seconds": round(time.perf_counter() - started, 1), "step_s": times[best], "sure": sure,
+                        "measurements": count}
+            log.info("compute format: measured %s in %.0f s -> using %s%s",
+                     ", ".join(f"{m} {t * 1000:.0f} ms/step" for m, t in times.items()), decision["seconds"], best,
+                     "" if sure else f" (close: measured again on the next run{'s' if count + 1 < MAX_MEASUREMENTS else ''}"
+                     f", {count} of up to {MAX_MEASUREMENTS} measurements so far)")
             if arch:
-                _remember(key, best, times)
-    if rt.distributed:  # every process must run the same format: rank 0's decision
+                _remember(key, best, times, sure, count)
+    return _shared(best, decision, rt)
+
+
+def _shared(best: ComputeFormat | None, decision: dict | None, rt: Runtime) -> tuple[ComputeFormat, dict]:
+    """Rank 0's decision, for every process (they must all run the same format)."""
+    if rt.distributed:
         box = [(best, decision) if rt.is_main else None]
         dist.broadcast_object_list(box, src=0)
         best, decision = box[0]

@@ -34,14 +34,23 @@ class TrainConfig:
     data: str = _opt("", "dataset folder: a labels CSV and an image folder (train.csv + train/, labels.csv + "
                          "train_images/, ...), or train/<class>/...")
     arch: str = _opt("", "architecture (set by each train_<arch>.py)", choices=list(MODELS))
-    epochs: int = _opt(10, "number of epochs (may be raised with --resume)")
-    batch_size: int = _opt(128, "global batch size (split across torchrun processes)")
-    img_size: int = _opt(28, "images are resized to this square size")
-    lr: float = _opt(1e-3, "peak learning rate")
+    epochs: int = _opt(10, "number of epochs (may be raised with --resume); when not given, raised on small data so the "
+                           "run has at least 1000 optimiser steps, or planned by --time-budget")
+    batch_size: int = _opt(128, "global batch size (split across torchrun processes); when not given, halved on small "
+                                "data until an epoch has at least 25 steps (down to 16)")
+    img_size: int = _opt(0, "images are resized to this square size (default 0: from the training images, their median "
+                            "shorter side, at most --max-img-size, and at most 32 on a CPU)")
+    max_img_size: int = _opt(64, "the largest image size chosen from the images when --img-size is not given")
+    time_budget: float = _opt(0.0, "plan the epochs so that training and evaluation end within this many minutes "
+                                   "(measured step time; the learning-rate schedule completes); 0: off",
+                              metavar="MINUTES")
+    lr: float = _opt(1e-3, "peak learning rate; when not given, the script's rate (for batch 128) scaled with the batch "
+                           "size: by its square root for AdamW, linearly for SGD")
     optimizer: str = _opt("adamw", "optimiser", choices=["adamw", "sgd"])
     momentum: float = _opt(0.9, "SGD momentum")
     weight_decay: float = _opt(0.05, "weight decay (decoupled for AdamW)")
-    warmup_epochs: float = _opt(1.0, "linear warm-up in epochs (at most a quarter of the run), then cosine decay to zero")
+    warmup_epochs: float = _opt(1.0, "linear warm-up in epochs (at least 100 steps, at most a quarter of the run; 0: "
+                                                  "none), then cosine decay to zero")
     # On: every architecture's recipe here (train_<arch>.py) trains with it.
     label_smoothing: float = _opt(0.1, "label smoothing of the training loss")
     grad_clip: float = _opt(0.0, "clip the gradient norm to this value (0: off)")
@@ -133,6 +142,11 @@ class TrainConfig:
 # Smaller images hold too little to classify and leave nothing after most architectures' downsampling (a
 # model may need more: the trainer tries it on a batch of that size before training).
 MIN_IMG_SIZE = 8
+
+
+def check_img_size(value):
+    if value != 0 and value < MIN_IMG_SIZE:
+        raise OptionError(f"--img-size must be at least {MIN_IMG_SIZE} (or 0: from the images), got {value}")
 # BatchNorm normalises a training batch by its own statistics: one image has none (its variance is zero).
 MIN_BATCH = 2
 # The longest name of a file or folder (bytes) on the usual file systems (ext4, XFS, APFS, NTFS).
@@ -144,7 +158,8 @@ NAME_MAX = 255
 # `check`: a function of the value that raises an OptionError (a format). Every int and float option has its range
 # here (a test holds it); `choices` are the fields' own (their flags' too).
 LIMITS = {
-    "epochs": dict(minimum=1), "img_size": dict(minimum=MIN_IMG_SIZE),
+    "epochs": dict(minimum=1), "img_size": dict(check=check_img_size), "max_img_size": dict(minimum=MIN_IMG_SIZE),
+    "time_budget": dict(minimum=0),
     "batch_size": dict(minimum=MIN_BATCH, why=f"BatchNorm needs at least {MIN_BATCH} images in a training batch"),
     "lr": dict(above=0), "head_lr_mult": dict(above=0), "momentum": dict(minimum=0, below=1),
     "label_smoothing": dict(minimum=0, below=1), "val_split": dict(minimum=0, below=1), "erase": dict(minimum=0, below=1),
@@ -161,6 +176,10 @@ LIMITS = {
 # `session.check_same_data` compares, refuse other data).
 RESUMABLE_CHANGES = {"epochs", "stop_at_epoch", "progress", "resume", "device", "runs_dir", "cache_dir", "compile",
                      "allow_data_change", "patience", "deterministic", "cudnn_benchmark", "resume_schedule", "data"}
+
+
+# The options that follow the data when not given on the command line (recipe.py); a resumed run keeps its own.
+FOLLOW_DATA = ("batch_size", "lr", "epochs")
 
 
 def build_parser(arch: str, defaults: dict) -> argparse.ArgumentParser:

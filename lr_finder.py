@@ -204,7 +204,7 @@ def plot_lr_find(folder: Path) -> Path:
 
 
 def find_lr(config: TrainConfig, rt: Runtime, script_defaults: dict, step: Callable,
-            notes: tuple[str, ...] = ()) -> Path:
+            notes: tuple[str, ...] = (), follow_data: frozenset = frozenset()) -> Path:
     """--find-lr: the range test on the session `config` would train (`step`: trainer._step; `notes`: the options
     the command line settled, for the log), its files in RUNS/NAME-lr-find/, and the command that trains with the
     suggested rate; returns that folder."""
@@ -215,7 +215,7 @@ def find_lr(config: TrainConfig, rt: Runtime, script_defaults: dict, step: Calla
     folder = lr_find_dir(config)
     if (folder / "run.json").exists() or (folder / "last.pt").exists():
         raise DataError(f"{folder} holds a training run, not a learning-rate finder's results: choose another --name")
-    s, _, _ = prepare_session(config, rt, folder)
+    s, _, _ = prepare_session(config, rt, folder, follow_data)  # the batch size the run would choose
     log.info("lr finder: %s on %s (%s), %d training images in batches of %d: the rate rises from %s to %s over up "
              "to %d steps, stopping when the smoothed loss passes %gx its minimum; nothing trained is kept",
              config.arch, rt.device, s.spec.compute, len(s.data.train_idx), config.batch_size, rate_text(START_LR),

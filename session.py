@@ -28,13 +28,14 @@ import data
 import metrics
 import runs
 from checkpoint import ModelSpec, describe_spec, init_from_checkpoint, load_resumable, load_weights, make_checkpoint
-from compute import ComputeFormat, choose_format
-from config import MIN_BATCH, TrainConfig, default_run_name
+import recipe
+from compute import ComputeFormat, choose_format, measure_formats
+from config import MIN_BATCH, MIN_IMG_SIZE, TrainConfig, default_run_name
 from errors import DataError, OptionError, SetupError, UsageError
 from fileio import atomic_write_text
 from images import label_text
 from models import WEIGHTS, build_model, head_name
-from runtime import Runtime, compile_model
+from runtime import Runtime, compile_model, seconds_since_start
 
 log = logging.getLogger("imgcomp")
 
@@ -79,9 +80,9 @@ class LRSchedule:
             if step >= part["from_step"]:
                 return warmup_cosine(part["lr"], step - part["from_step"],
                                      part["to_epoch"] * self.steps_per_epoch - part["from_step"],
-                                     int(part["warmup_epochs"] * self.steps_per_epoch))
+                                     warmup_steps(part["warmup_epochs"], self.steps_per_epoch))
         return warmup_cosine(self.lr, step, self.epochs * self.steps_per_epoch,
-                             int(self.warmup_epochs * self.steps_per_epoch))
+                             warmup_steps(self.warmup_epochs, self.steps_per_epoch))
 
     @property
     def end_epoch(self) -> int:
@@ -90,6 +91,16 @@ class LRSchedule:
     def state(self) -> dict:
         """What rebuilds it on resuming (the checkpoint's training part)."""
         return {"epochs": self.epochs, "parts": [dict(p) for p in self.parts]}
+
+
+# A warm-up of fewer steps lets the first updates of a freshly initialised network, at the full rate, throw it far
+# off: on 1,600 images (25 steps an epoch) a one-epoch warm-up left a CNN near chance for six epochs.
+MIN_WARMUP_STEPS = 100
+
+
+def warmup_steps(warmup_epochs: float, steps_per_epoch: int) -> int:
+    """The warm-up's steps: `warmup_epochs` epochs, at least MIN_WARMUP_STEPS (0 epochs: none)."""
+    return max(int(warmup_epochs * steps_per_epoch), MIN_WARMUP_STEPS) if warmup_epochs > 0 else 0
 
 
 def warmup_cosine(lr: float, step: int, total: int, warmup: int) -> float:
@@ -186,6 +197,7 @@ class Session:
     progress: Progress = field(default_factory=Progress)
     dataset_key: str = ""  # fingerprint of the training files and labels (`dataset_key`)
     schedule_change: dict | None = None  # the part a resume that changed --epochs added (`resumed_schedule`)
+    recipe: dict = field(default_factory=dict)  # option -> why a new run took the value it did (recipe.py)
 
     @property
     def eval_model(self) -> nn.Module:
@@ -334,9 +346,8 @@ def check_same_data(resume: dict, train_data: TrainData, config: TrainConfig, ke
         log.warning("--allow-data-change: the dataset changed since the run began; continuing on the new split")
 
 
-def load_train_data(config: TrainConfig, rt: Runtime) -> TrainData:
-    """Find, decode (once, cached) and split the training images; with --skip-bad, leave out unreadable ones
-    (`skipped`: recorded in the run's folder once the session is set up)."""
+def find_training_images(config: TrainConfig, rt: Runtime) -> data.LabelledImages:
+    """The training images and their labels, as the options say (logged on rank 0)."""
     found = data.find_labelled_images(config.data, config.id_col or None, config.label_col or None,
                                       config.labels or None, config.train_dir or None, config.multi_label)
     if rt.is_main:
@@ -346,6 +357,12 @@ def load_train_data(config: TrainConfig, rt: Runtime) -> TrainData:
         for warning in found.warnings:
             log.warning("%s", warning)
     check_labels_fit(config, found.multi_label)
+    return found
+
+
+def load_train_data(config: TrainConfig, rt: Runtime, found: data.LabelledImages) -> TrainData:
+    """Decode (once, cached) and split the training images `found`; with --skip-bad, leave out unreadable ones
+    (`skipped`: recorded in the run's folder once the session is set up)."""
     if config.folds:
         data.check_folds(found.labels, config.folds, found.class_names)  # its warning: `check_folds_fit`, once
     if rt.distributed and not rt.is_main:
@@ -364,7 +381,6 @@ def load_train_data(config: TrainConfig, rt: Runtime) -> TrainData:
     if images.bad:
         train_idx = np.setdiff1d(train_idx, list(images.bad))
         val_idx = np.setdiff1d(val_idx, list(images.bad))
-    check_training_split(config, len(train_idx), rt.world_size)
     return TrainData(images.pixels, found.labels, found.files, found.class_names, train_idx, val_idx,
                      found.multi_label, dict(images.bad), found.ids, found.id_column)
 
@@ -555,19 +571,29 @@ def wrap_model(model: nn.Module, config: TrainConfig, rt: Runtime) -> nn.Module:
 # Setting up
 # ----------------------------------------------------------------------------------------------
 
-def prepare_session(config: TrainConfig, rt: Runtime, run_dir: Path | None = None) -> tuple[Session, dict | None, dict | None]:
+def prepare_session(config: TrainConfig, rt: Runtime, run_dir: Path | None = None,
+                    follow_data: frozenset = frozenset()) -> tuple[Session, dict | None, dict | None]:
     """Load the data, build the model and optimiser, choose the compute format, and restore a resumed run; nothing
-    is written in the run's folder (the trainer records the start, and `record_skipped`). Returns the session, the
-    resumed checkpoint (None for a new run) and how the compute format was chosen (None when resumed: the run keeps
-    its format)."""
+    is written in the run's folder (the trainer records the start, and `record_skipped`). A new run's --img-size 0
+    and the options in `follow_data` (of config.FOLLOW_DATA: not given on the command line) are chosen for the data
+    (recipe.py; the reasons in `Session.recipe`). Returns the session, the resumed checkpoint (None for a new run)
+    and how the compute format was chosen (None when resumed: the run keeps its format)."""
     torch.manual_seed(config.seed)
     resume = None
     if config.resume:
         resume = load_resumable(Path(config.resume) / "last.pt", config.arch, config.img_size)
     run_dir = run_dir or run_dir_for(config)
     config = dataclasses.replace(config, name=run_dir.name)  # the name config.json and the checkpoints record
+    found = find_training_images(config, rt)
+    config, reasons = choose_image_size(config, found, rt)
+    train_data = load_train_data(config, rt, found)
+    if not resume:
+        plan = recipe.fit_schedule(config, len(train_data.train_idx), rt.world_size, set(follow_data))
+        config, reasons = recipe.apply_plan(config, plan), {**reasons, **plan.reasons}
     check_batch_size(config, rt.world_size)
-    train_data = load_train_data(config, rt)
+    check_training_split(config, len(train_data.train_idx), rt.world_size)
+    if rt.is_main:
+        warn_small_validation(train_data, config)
     channels = int(train_data.pixels.shape[1])
     key = dataset_key(train_data, config.data)
     if resume:
@@ -585,22 +611,78 @@ def prepare_session(config: TrainConfig, rt: Runtime, run_dir: Path | None = Non
     model.to(memory_format=compute.memory_format)
     spec = ModelSpec(config.arch, list(train_data.class_names), config.img_size, channels, mean, std, compute,
                      config.hflip, train_data.multi_label, resume["spec"].get("thresholds") if resume else None)
+    if config.time_budget and not resume:
+        config, reasons = plan_budget(config, rt, choice, model, train_data, data.Preprocess(mean, std), reasons)
     s = assemble_session(config, rt, run_dir, train_data, spec, model, key)
+    s.recipe = reasons
     if resume:
         restore_run(s, resume)
         s.schedule, s.schedule_change = resumed_schedule(config, resume, s.schedule.steps_per_epoch)
     return s, resume, choice
 
 
+# Fewer validation images of a class than this make its share of the validation score noise.
+MIN_VAL_PER_CLASS = 5
+
+
+def warn_small_validation(train_data: TrainData, config: TrainConfig):
+    """A warning naming the classes with fewer than MIN_VAL_PER_CLASS validation images (single-label)."""
+    if train_data.multi_label or not len(train_data.val_idx):
+        return
+    counts = np.bincount(train_data.labels[train_data.val_idx], minlength=len(train_data.class_names))
+    few = [f"{train_data.class_names[k]} ({counts[k]})" for k in np.argsort(counts, kind="stable")
+           if counts[k] < MIN_VAL_PER_CLASS]
+    if few:
+        advice = "" if config.folds else "; k-fold (--folds 5) validates on every image once"
+        log.warning("the validation split holds fewer than %d images of %s: the score on %s is mostly noise%s",
+                    MIN_VAL_PER_CLASS, ", ".join(few[:5]) + (", ..." if len(few) > 5 else ""),
+                    "it" if len(few) == 1 else "them", advice)
+
+
+def choose_image_size(config: TrainConfig, found: data.LabelledImages, rt: Runtime) -> tuple[TrainConfig, dict]:
+    """A new run's --img-size 0: the size the training images suggest (recipe.choose_img_size), and why."""
+    if config.img_size:
+        return config, {}
+    size, why = recipe.choose_img_size(found.files, config.max_img_size, rt.device.type, config.arch, MIN_IMG_SIZE)
+    return dataclasses.replace(config, img_size=size), {"img_size": why}
+
+
+def plan_budget(config: TrainConfig, rt: Runtime, choice: dict, model: nn.Module, train_data: TrainData,
+                preprocess: data.Preprocess, reasons: dict) -> tuple[TrainConfig, dict]:
+    """--time-budget: the epochs that fit it, from the step time the compute-format trial measured (or a few steps
+    timed here when the format was fixed or remembered without one), and why."""
+    step_s = (choice or {}).get("step_s") or time_steps(config, rt, model, train_data, preprocess)
+    steps = data.count_batches(len(train_data.train_idx), config.batch_size, drop_last=True)
+    epochs, why = recipe.budget_epochs(config.time_budget * 60, seconds_since_start(), step_s, steps,
+                                       len(train_data.val_idx), config.batch_size)
+    return dataclasses.replace(config, epochs=epochs), {**reasons, "epochs": why}
+
+
+def time_steps(config: TrainConfig, rt: Runtime, model: nn.Module, train_data: TrainData,
+               preprocess: data.Preprocess, steps: int = 3) -> float:
+    """Seconds of one training step of a copy of `model` (the median of `steps` after one untimed)."""
+    x, y = first_batch(config, rt, train_data)
+    times = measure_formats(model, preprocess(x), y, [ComputeFormat(config.precision if config.precision != "auto"
+                                                                   else "fp32", config.channels_last == "on")],
+                            rt.device, warmup=1, min_steps=steps, max_steps=steps)
+    return next(iter(times.values()))
+
+
+def first_batch(config: TrainConfig, rt: Runtime, train_data: TrainData) -> tuple[torch.Tensor, torch.Tensor]:
+    """The run's first training batch (its labels as floats for multi-label data: soft targets, BCE's cost)."""
+    x, y = next(data.batches(train_data.pixels, train_data.labels, train_data.train_idx,
+                             config.batch_size // rt.world_size, rt.device, shuffle=True, seed=config.seed))
+    return x, (y.float() if train_data.multi_label else y)
+
+
 def measured_format(config: TrainConfig, rt: Runtime, model: nn.Module, train_data: TrainData,
                     preprocess: data.Preprocess) -> tuple[ComputeFormat, dict]:
     """The compute format --precision and --channels-last allow, measured on the run's first batch where they say
     auto; and how it was chosen."""
-    x, y = next(data.batches(train_data.pixels, train_data.labels, train_data.train_idx,
-                             config.batch_size // rt.world_size, rt.device, shuffle=True, seed=config.seed))
-    if train_data.multi_label:  # the trial's cross-entropy takes tags as soft targets: the same cost as BCE
-        y = y.float()
-    return choose_format(config.precision, config.channels_last, model, preprocess(x), y, rt, arch=config.arch)
+    x, y = first_batch(config, rt, train_data)
+    steps = config.epochs * data.count_batches(len(train_data.train_idx), config.batch_size, drop_last=True)
+    return choose_format(config.precision, config.channels_last, model, preprocess(x), y, rt, arch=config.arch,
+                         run_steps=0 if config.time_budget else steps)
 
 
 def assemble_session(config: TrainConfig, rt: Runtime, run_dir: Path, train_data: TrainData, spec: ModelSpec,

@@ -33,10 +33,12 @@ from tqdm import tqdm
 
 import data
 import metrics
+import recipe
 import runs
 from checkpoint import load_checkpoint, save_checkpoint
-from config import TrainConfig, build_parser, default_run_name, fold_name, parse_config, save_config, script_name
-from errors import DataError, UsageError, explain
+from config import (FOLLOW_DATA, TrainConfig, build_parser, default_run_name, fold_name, parse_config, read_saved_config,
+                    save_config, script_name)
+from errors import DataError, OptionError, UsageError, explain
 from fileio import atomic_write_text
 from images import label_text, parse_labels
 from inference import infer
@@ -312,25 +314,28 @@ def started_runtime(config: TrainConfig):
             dist.destroy_process_group()
 
 
-def train(config: TrainConfig, script_defaults: dict | None = None, notes: tuple[str, ...] = ()) -> Path:
+def train(config: TrainConfig, script_defaults: dict | None = None, notes: tuple[str, ...] = (),
+          follow_data: frozenset = frozenset()) -> Path:
     """Train a model as `config` says; returns the run folder. `script_defaults` (those of the train_<arch>.py
     that runs it) are recorded in run.json, so that the runs table can write the run's command; `notes` (the
-    options the command line settled, `settle_options`) go in the log."""
+    options the command line settled, `settle_options`) go in the log; `follow_data`: the options (of
+    config.FOLLOW_DATA) to choose for the data, those the command line did not give (`followed_options`)."""
     with started_runtime(config) as rt:
         if config.folds and not config.resume:  # one fold (--fold I); train_folds checks before its first fold
             check_folds_fit(config, rt)
         if config.find_lr:  # a learning-rate range test instead of the run (lr_finder.py): nothing trained is kept
-            return find_lr(config, rt, script_defaults or {}, _step, notes)
-        return _train(config, rt, script_defaults or {}, notes)
+            return find_lr(config, rt, script_defaults or {}, _step, notes, follow_data)
+        return _train(config, rt, script_defaults or {}, notes, follow_data)
 
 
-def _train(config: TrainConfig, rt: Runtime, script_defaults: dict, notes: tuple[str, ...] = ()) -> Path:
+def _train(config: TrainConfig, rt: Runtime, script_defaults: dict, notes: tuple[str, ...] = (),
+           follow_data: frozenset = frozenset()) -> Path:
     """One run on a started runtime, in its folder, which rank 0 holds while it trains. The folder is created
     once the session is set up (every check passed); a start that fails before its first epoch removes it."""
     run_dir = run_dir_for(config)
     claim = StartClaim(run_dir, rt.is_main)
     try:
-        return _train_run(config, rt, script_defaults, run_dir, notes, claim)
+        return _train_run(config, rt, script_defaults, run_dir, notes, claim, follow_data)
     except BaseException:
         claim.remove_if_unstarted()
         raise
@@ -339,9 +344,9 @@ def _train(config: TrainConfig, rt: Runtime, script_defaults: dict, notes: tuple
 
 
 def _train_run(config: TrainConfig, rt: Runtime, script_defaults: dict, run_dir: Path,
-               notes: tuple[str, ...], claim: StartClaim) -> Path:
+               notes: tuple[str, ...], claim: StartClaim, follow_data: frozenset) -> Path:
     """The plan of a run: set up, then per epoch train, evaluate, record, write, and decide whether to go on."""
-    s, resume, choice = prepare_session(config, rt, run_dir)
+    s, resume, choice = prepare_session(config, rt, run_dir, follow_data)
     start_epoch, start_step, partial = resumed_position(s, resume)
     if rt.is_main:
         claim.claim()
@@ -349,7 +354,9 @@ def _train_run(config: TrainConfig, rt: Runtime, script_defaults: dict, run_dir:
             record_skipped(run_dir, s.data.files, s.data.skipped)
         record_start(s, start_epoch, resume is not None, choice, script_defaults, notes)
     with StopRequest() as stop:
-        for epoch in range(start_epoch, s.config.epochs + 1):
+        epoch = start_epoch - 1
+        while epoch < s.config.epochs:  # --time-budget may re-plan the epochs after the first one
+            epoch, began = epoch + 1, time.perf_counter()
             try:
                 seed_epoch(s, epoch, resume["training"] if start_step else None)
                 if s.config.freeze_epochs:
@@ -364,6 +371,8 @@ def _train_run(config: TrainConfig, rt: Runtime, script_defaults: dict, run_dir:
                 check_finite(s, epoch, val)
             except Diverged as e:
                 raise diverged(s, epoch, e) from None
+            if s.config.time_budget and epoch == 1:  # before epoch 1's checkpoint records the schedule
+                replan_for_budget(s, epoch, time.perf_counter() - began)
             row, improved = record_epoch(s, epoch, result, val)
             if rt.is_main:
                 write_epoch(s, epoch, row, val, improved)
@@ -375,6 +384,26 @@ def _train_run(config: TrainConfig, rt: Runtime, script_defaults: dict, run_dir:
     if rt.is_main:
         record_finish(s)
     return run_dir
+
+
+def replan_for_budget(s: Session, epoch: int, epoch_s: float):
+    """--time-budget, after the run's first epoch: the epochs its measured time (training, evaluation and writing)
+    fits in the budget, when they differ from the plan made from the trial's step time; rank 0 decides for all."""
+    planned = s.config.epochs
+    epochs = recipe.replan_epochs(s.config.time_budget * 60, seconds_since_start(), epoch, epoch_s, planned)
+    if s.rt.distributed:
+        box = [epochs]
+        dist.broadcast_object_list(box, src=0)
+        epochs = box[0]
+    if epochs == planned:
+        return
+    s.config = dataclasses.replace(s.config, epochs=epochs)
+    s.schedule.epochs = epochs
+    if s.rt.is_main:
+        save_config(s.config, s.run_dir)
+        runs.update_run_info(s.run_dir, epochs=epochs)
+        log.info("time budget: %d epochs instead of %d (epoch %d took %.1f s; %.0f s of %g minutes spent)", epochs,
+                 planned, epoch, epoch_s, seconds_since_start(), s.config.time_budget)
 
 
 def resumed_position(s: Session, resume: dict | None) -> tuple[int, int, dict | None]:
@@ -392,7 +421,7 @@ def record_start(s: Session, start_epoch: int, resuming: bool, choice: dict | No
     """On rank 0: the run's config.json and run.json, and the log lines that say what it trains (and `notes`)."""
     config, p, run_dir = s.config, s.progress, s.run_dir
     ready = round(seconds_since_start(), 1)
-    size_from = None if resuming else image_size_origin(config, script_defaults)
+    size_from = None if resuming else ("images" if "img_size" in s.recipe else "flag")
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, run_dir)
     runs.update_run_info(run_dir, name=run_dir.name, arch=config.arch, epochs=config.epochs,
@@ -402,7 +431,9 @@ def record_start(s: Session, start_epoch: int, resuming: bool, choice: dict | No
                          best_val_acc=p.best_val_acc if p.best_epoch else None, metric=config.metric,
                          train_time=p.train_time, script_defaults=script_defaults, lr_schedule=s.schedule.state(),
                          startup_s=ready, **({"mode_choice": choice} if choice else {}),
-                         **({"img_size_from": size_from} if size_from else {}))
+                         **({"img_size_from": size_from} if size_from else {}),
+                         **({"recipe": s.recipe} if s.recipe else {}), **({"time_budget_min": config.time_budget}
+                                                                          if config.time_budget else {}))
     log.info("%s: %s on %s, %d %s, %d train / %d val images of %dx%dx%d, %s, %d epochs -> %s (ready %.1f s "
              "after start)", "resuming" if resuming else "training", config.arch, s.rt.device, len(s.spec.class_names),
              "tags (multi-label)" if s.spec.multi_label else "classes", len(s.data.train_idx), len(s.data.val_idx),
@@ -412,9 +443,7 @@ def record_start(s: Session, start_epoch: int, resuming: bool, choice: dict | No
                  "the learning rate; the backbone frozen for the first %d epoch(s)", config.pretrained or "random",
                  norm_source(config), s.spec.mean, s.spec.std, head_name(config.arch), config.head_lr_mult,
                  config.freeze_epochs)
-    log.info("image size %d px (%s)", config.img_size, {
-        "flag": "--img-size", "script default": f"{script_name(config.arch)}'s default", None: "the resumed run's: it "
-        "cannot change on resuming", "built-in default": "the built-in default"}[size_from])
+    log_recipe(s, size_from)
     if s.schedule_change:
         log.info(describe_schedule_change(s.schedule_change, s.schedule.steps_per_epoch, config.lr))
     for note in notes:
@@ -429,12 +458,16 @@ def record_start(s: Session, start_epoch: int, resuming: bool, choice: dict | No
         log.info("the run already has %d epochs; raise --epochs to train longer", config.epochs)
 
 
-def image_size_origin(config: TrainConfig, script_defaults: dict) -> str:
-    """Where a new run's --img-size comes from (run.json's img_size_from): "flag" when it differs from the
-    default of its script ("script default") or, without one, from the built-in one ("built-in default")."""
-    if "img_size" in script_defaults:
-        return "script default" if config.img_size == script_defaults["img_size"] else "flag"
-    return "built-in default" if config.img_size == TrainConfig().img_size else "flag"
+def log_recipe(s: Session, size_from: str | None):
+    """The log lines that say which image size, batch size, learning rate and epochs the run trains with, and why
+    (chosen for the data, given as flags, or the resumed run's own)."""
+    config = s.config
+    why = s.recipe.get("img_size") or {"flag": "--img-size", None: "the resumed run's: it cannot change on resuming"}[size_from]
+    log.info("image size %d px: %s", config.img_size, why)
+    for option, text in (("batch_size", f"batch size {config.batch_size}"), ("lr", f"learning rate {config.lr:g}"),
+                         ("epochs", f"{config.epochs} epochs")):
+        if option in s.recipe:
+            log.info("%s: %s", text, s.recipe[option])
 
 
 def seed_epoch(s: Session, epoch: int, interrupted: dict | None):
@@ -511,10 +544,29 @@ def write_epoch(s: Session, epoch: int, row: dict, val: dict, improved: bool):
                          metric=config.metric, best_epoch=p.best_epoch, train_time=p.train_time,
                          # the median epoch: one epoch slowed by other work on the machine does not set it
                          images_per_s=statistics.median(r["images_per_s"] for r in p.history))
-    log.info("epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f%s  lr %.2e  %.1fs  %.0f img/s%s",
+    log.info("epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f%s%s  lr %.2e  %.1fs  %.0f img/s%s",
              epoch, config.epochs, row["train_loss"], row["train_acc"], row["val_loss"], row["val_acc"],
-             "" if config.metric == "accuracy" else f" {config.metric} {val['score']:.4f}",
+             "" if config.metric == "accuracy" else f" {config.metric} {val['score']:.4f}", rare_recall(s, val),
              row["lr"], row["seconds"], row["images_per_s"], "  *best*" if improved and has_val else "")
+
+
+def rare_classes(s: Session) -> list[int]:
+    """The classes with at most half the training images of the most common one (single-label), rarest first, at
+    most two: their recall is what an imbalanced competition's accuracy hides."""
+    if s.spec.multi_label or not len(s.data.train_idx):
+        return []
+    counts = np.bincount(s.data.labels[s.data.train_idx], minlength=len(s.spec.class_names))
+    return [int(k) for k in np.argsort(counts, kind="stable")[:2] if counts[k] * 2 <= counts.max()]
+
+
+def rare_recall(s: Session, val: dict) -> str:
+    """'  recall ring 0.50' for the rare classes (`rare_classes`) of the validation images, for the epoch's line."""
+    if "probs" not in val:
+        return ""
+    truth, pred = s.data.labels[val["indices"]], np.asarray(val["probs"]).argmax(1)
+    parts = [f"{s.spec.class_names[k]} {(pred[truth == k] == k).mean():.2f}" for k in rare_classes(s)
+             if (truth == k).any()]
+    return f"  recall {', '.join(parts)}" if parts else ""
 
 
 def reason_to_stop(s: Session, epoch: int, stop: StopRequest) -> str | None:
@@ -553,7 +605,8 @@ def record_finish(s: Session):
 # K folds, and the entry point
 # ----------------------------------------------------------------------------------------------
 
-def train_folds(config: TrainConfig, script_defaults: dict | None = None, notes: tuple[str, ...] = ()) -> Path:
+def train_folds(config: TrainConfig, script_defaults: dict | None = None, notes: tuple[str, ...] = (),
+                follow_data: frozenset = frozenset()) -> Path:
     """--folds K: train (or resume, or skip when done) the runs NAME-f1..NAME-fK, each holding out its fold, then
     collect their out-of-fold predictions in RUNS/NAME-oof.csv and print the out-of-fold score. Running the same
     command again resumes where it stopped. Returns the out-of-fold file."""
@@ -564,16 +617,25 @@ def train_folds(config: TrainConfig, script_defaults: dict | None = None, notes:
             run_dir = Path(config.runs_dir) / fold_name(base, fold)
             info = runs.read_run_info(run_dir) or {}
             status = str(info.get("status", ""))
-            if status.startswith("stopped early") or (status == "finished" and info.get("epochs_done") == config.epochs):
+            planned = info.get("epochs") if "epochs" in follow_data or config.time_budget else config.epochs
+            if status.startswith("stopped early") or (status == "finished" and info.get("epochs_done") == planned):
                 log.info("fold %d/%d: %s is done (%s)", fold, config.folds, run_dir, info["status"])
                 continue
             resume = str(run_dir) if (run_dir / "last.pt").is_file() else ""
             log.info("fold %d/%d: %s %s", fold, config.folds, "resuming" if resume else "training", run_dir)
-            _train(dataclasses.replace(config, fold=fold, name=run_dir.name, resume=resume), rt, script_defaults or {},
-                   notes)
+            _train(fold_config(config, fold, run_dir, resume), rt, script_defaults or {}, notes, follow_data)
         if rt.is_main:
             return collect_out_of_fold(Path(config.runs_dir), base, config.folds, config.metric)
         return Path(config.runs_dir) / f"{base}-oof.csv"
+
+
+def fold_config(config: TrainConfig, fold: int, run_dir: Path, resume: str) -> TrainConfig:
+    """The config of fold `fold` (its run in `run_dir`); resumed, with the values it chose for its data."""
+    config = dataclasses.replace(config, fold=fold, name=run_dir.name, resume=resume)
+    if not resume:
+        return config
+    saved = read_saved_config(run_dir)
+    return dataclasses.replace(config, **{k: saved[k] for k in (*FOLLOW_DATA, "img_size") if k in saved})
 
 
 def collect_out_of_fold(runs_dir: Path, base: str, folds: int, metric: str) -> Path:
@@ -648,12 +710,14 @@ def main(arch: str, argv=None, **defaults) -> Path | None:
         config = parse_config(arch, defaults, argv)
         if not Path(config.data).is_dir():  # before the runtime starts (a config from Python may name it later)
             raise DataError("no such dataset folder", option="data", value=config.data)
-        config, notes = settle_options(config, given_options(arch, defaults, argv))
+        given = given_options(arch, defaults, argv)
+        config, notes = settle_options(config, given)
+        follow = followed_options(config, given)
         if config.folds and not config.fold and not config.resume:
-            return train_folds(config, defaults, notes)
+            return train_folds(config, defaults, notes, follow)
         if config.fold and not config.resume:  # one fold: named as --folds names it
             config = dataclasses.replace(config, name=fold_name(config.name or default_run_name(arch), config.fold))
-        return train(config, defaults, notes)
+        return train(config, defaults, notes, follow)
     except UsageError as e:
         sys.exit(f"error: {explain(e)}")
 
@@ -661,6 +725,15 @@ def main(arch: str, argv=None, **defaults) -> Path | None:
 def given_options(arch: str, defaults: dict, argv=None) -> set[str]:
     """The options named on the command line (its parser leaves out every option not given)."""
     return set(vars(build_parser(arch, defaults).parse_args(argv)))
+
+
+def followed_options(config: TrainConfig, given: set[str]) -> frozenset:
+    """The options a new run chooses for its data (recipe.py): those of FOLLOW_DATA not `given`; with
+    --time-budget the epochs are the budget's, and --epochs may not be given too."""
+    if config.time_budget and "epochs" in given and not config.resume:
+        raise OptionError(f"--epochs {config.epochs} and --time-budget {config.time_budget:g} both set the number of "
+                          "epochs: give one of them")
+    return frozenset() if config.resume else frozenset(FOLLOW_DATA) - given - ({"epochs"} if config.time_budget else set())
 
 
 def settle_options(config: TrainConfig, given: set[str]) -> tuple[TrainConfig, tuple[str, ...]]:

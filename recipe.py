@@ -1,0 +1,220 @@
+"""Defaults that follow the data: the image size, batch size, learning rate and number of epochs of a new run, for
+each of them that the command line did not give. Each train_<arch>.py holds its architecture's own recipe (its
+epochs and learning rate for plenty of data at batch 128, the largest size it is taken at); here they are fitted to
+the competition at hand, and every choice comes with the reason the log states and run.json records.
+
+    size, why = choose_img_size(files, cap=64, device_type="cpu")
+    plan = fit_schedule(config, n_train=1621, world_size=1, auto={"batch_size", "epochs", "lr"})
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import struct
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+# The images' sizes are read from this many files, spread over the dataset: enough for a median.
+SIZE_SAMPLE = 64
+# On a CPU an automatic size stops here: each doubling of the side costs about four times the time of a step.
+CPU_MAX_IMG_SIZE = 32
+# Architectures whose input size must be a multiple of this (timm's CoAtNet sizes its attention windows so).
+SIZE_MULTIPLE = {"coatnet": 32}
+# The batch the scripts' learning rates are tuned at, and the largest batch chosen automatically.
+BASE_BATCH = 128
+MIN_AUTO_BATCH = 16
+# An epoch of fewer steps leaves BatchNorm and the optimiser too few updates; a run of fewer steps stays near
+# chance on small data (a 3-epoch run of 12 steps each did).
+MIN_STEPS_PER_EPOCH = 25
+MIN_STEPS = 1000
+MAX_AUTO_EPOCHS = 300
+
+
+# ----------------------------------------------------------------------------------------------
+# The image size
+# ----------------------------------------------------------------------------------------------
+
+def header_size(path: Path) -> tuple[int, int] | None:
+    """(height, width) from a PNG, JPEG, GIF or BMP file's header without decoding it; None for other formats
+    or a header that cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(32)
+            if head[:8] == b"\x89PNG\r\n\x1a\n":
+                w, h = struct.unpack(">II", head[16:24])
+                return h, w
+            if head[:6] in (b"GIF87a", b"GIF89a"):
+                w, h = struct.unpack("<HH", head[6:10])
+                return h, w
+            if head[:2] == b"BM":
+                w, h = struct.unpack("<ii", head[18:26])
+                return abs(h), w
+            if head[:2] == b"\xff\xd8":
+                return _jpeg_size(f)
+    except (OSError, struct.error):
+        return None
+    return None
+
+
+def _jpeg_size(f) -> tuple[int, int] | None:
+    """Walk a JPEG's markers to its frame header (SOF0..SOF15 but DHT, JPG and DAC)."""
+    f.seek(2)
+    while True:
+        marker = f.read(2)
+        if len(marker) < 2 or marker[0] != 0xFF:
+            return None
+        while marker[1] == 0xFF:  # fill bytes
+            marker = marker[1:] + f.read(1)
+        kind = marker[1]
+        if kind in (0xD8, 0x01) or 0xD0 <= kind <= 0xD7:
+            continue
+        length = struct.unpack(">H", f.read(2))[0]
+        if 0xC0 <= kind <= 0xCF and kind not in (0xC4, 0xC8, 0xCC):
+            h, w = struct.unpack(">HH", f.read(5)[1:5])
+            return h, w
+        f.seek(length - 2, 1)
+
+
+def image_sizes(files: list[Path], sample: int = SIZE_SAMPLE) -> list[tuple[int, int]]:
+    """(height, width) of up to `sample` files spread evenly over `files`: from their headers, else decoded."""
+    picked = [files[i] for i in np.linspace(0, len(files) - 1, min(sample, len(files))).round().astype(int)]
+    sizes = []
+    for path in picked:
+        size = header_size(path)
+        if size is None:
+            img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+            size = img.shape[:2] if img is not None else None
+        if size and min(size) > 0:
+            sizes.append((int(size[0]), int(size[1])))
+    return sizes
+
+
+def choose_img_size(files: list[Path], cap: int, device_type: str, arch: str = "", min_size: int = 8) -> tuple[int, str]:
+    """The size to train at when --img-size is not given: the median of the training images' shorter sides, at most
+    `cap` (the script's --max-img-size; on a CPU at most CPU_MAX_IMG_SIZE), rounded to the architecture's size
+    multiple; with the reason, for the log."""
+    sizes = image_sizes(files)
+    if not sizes:
+        return max(min_size, min(cap, CPU_MAX_IMG_SIZE)), "no image size could be read"
+    median = int(statistics.median(min(s) for s in sizes))
+    limit, limit_why = cap, f"the script's --max-img-size {cap}"
+    if device_type == "cpu" and cap > CPU_MAX_IMG_SIZE:
+        limit, limit_why = CPU_MAX_IMG_SIZE, (f"on a CPU automatic sizes stop at {CPU_MAX_IMG_SIZE} px: each doubling "
+                                              "costs about 4x the time; give --img-size for more")
+    size = max(min_size, min(median, limit))
+    step = SIZE_MULTIPLE.get(arch, 1)
+    if size % step:
+        size = max(step, round(size / step) * step)
+    why = f"the training images' median (shorter side) is {median} px"
+    if median > limit:
+        why += f"; {limit_why}"
+    if step > 1 and size != min(median, limit):
+        why += f"; {arch} needs a multiple of {step}"
+    return size, why
+
+
+# ----------------------------------------------------------------------------------------------
+# Batch size, learning rate, epochs
+# ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Plan:
+    """The batch size, learning rate and epochs a run trains with, and why each (None: as given)."""
+    batch_size: int
+    lr: float
+    epochs: int
+    reasons: dict
+
+
+def choose_batch_size(n_train: int, world_size: int, base: int = BASE_BATCH) -> tuple[int, str | None]:
+    """The largest power of two up to `base` that gives an epoch at least MIN_STEPS_PER_EPOCH steps (at least
+    MIN_AUTO_BATCH, and at least 2 images per process); None as the reason when `base` already does."""
+    batch = base
+    while batch > max(MIN_AUTO_BATCH, 2 * world_size) and n_train // batch < MIN_STEPS_PER_EPOCH:
+        batch //= 2
+    if batch == base:
+        return batch, None
+    return batch, (f"{n_train:,} training images give {n_train // batch} steps an epoch at batch {batch} "
+                   f"({n_train // base} at {base}; at least {MIN_STEPS_PER_EPOCH} wanted)")
+
+
+def scale_lr(lr: float, batch: int, optimizer: str, base: int = BASE_BATCH) -> tuple[float, str | None]:
+    """The script's learning rate (tuned at batch `base`) for `batch`: by the square root of the ratio for AdamW
+    (Malladi et al., https://arxiv.org/abs/2205.10287), linearly for SGD (Goyal et al.,
+    https://arxiv.org/abs/1706.02677)."""
+    if batch == base:
+        return lr, None
+    ratio = batch / base
+    scaled = lr * (math.sqrt(ratio) if optimizer == "adamw" else ratio)
+    rule = "the square root" if optimizer == "adamw" else "linearly"
+    return float(f"{scaled:.3g}"), f"the script's {lr:g} at batch {base}, scaled {rule} with batch {batch}"
+
+
+def choose_epochs(epochs: int, steps_per_epoch: int) -> tuple[int, str | None]:
+    """The script's epochs, raised so that the run has at least MIN_STEPS optimiser steps."""
+    need = min(MAX_AUTO_EPOCHS, math.ceil(MIN_STEPS / max(steps_per_epoch, 1)))
+    if need <= epochs:
+        return epochs, None
+    return need, (f"the script's {epochs} epochs give {epochs * steps_per_epoch} steps of {steps_per_epoch} on this "
+                  f"data; at least {MIN_STEPS} wanted")
+
+
+def fit_schedule(config, n_train: int, world_size: int, auto: set[str]) -> Plan:
+    """The batch size, learning rate and epochs for `config` on `n_train` training images: each option in `auto`
+    (not given on the command line) chosen for the data, the others as given."""
+    reasons = {}
+    batch = config.batch_size
+    if "batch_size" in auto:
+        batch, reasons["batch_size"] = choose_batch_size(n_train, world_size, config.batch_size)
+    lr = config.lr
+    if "lr" in auto:
+        lr, reasons["lr"] = scale_lr(config.lr, batch, config.optimizer)
+    epochs = config.epochs
+    if "epochs" in auto:
+        epochs, reasons["epochs"] = choose_epochs(config.epochs, max(1, n_train // batch))
+    return Plan(batch, lr, epochs, {k: v for k, v in reasons.items() if v})
+
+
+def apply_plan(config, plan: Plan):
+    return replace(config, batch_size=plan.batch_size, lr=plan.lr, epochs=plan.epochs)
+
+
+# ----------------------------------------------------------------------------------------------
+# --time-budget
+# ----------------------------------------------------------------------------------------------
+
+# Of the time left, this share is planned for epochs: the rest absorbs the machine's noise and the writes after
+# the last epoch.
+BUDGET_SHARE = 0.92
+# Seconds each epoch spends besides its steps and its evaluation: metrics, checkpoints, curves.
+EPOCH_OVERHEAD_S = 0.5
+# Evaluating an image costs about this share of training on it (a forward pass, no backward, no update).
+EVAL_COST = 0.35
+
+
+def epoch_seconds(step_s: float, steps: int, n_val: int, batch: int) -> float:
+    """An epoch's expected seconds: its training steps, its evaluation and its bookkeeping."""
+    return steps * step_s + math.ceil(n_val / batch) * step_s * EVAL_COST + EPOCH_OVERHEAD_S
+
+
+def budget_epochs(budget_s: float, elapsed_s: float, step_s: float, steps: int, n_val: int,
+                  batch: int) -> tuple[int, str]:
+    """The epochs that fit in `budget_s` seconds from the process's start (`elapsed_s` of them spent setting up),
+    at `step_s` seconds a training step; at least one. With the sentence the log states."""
+    per_epoch = epoch_seconds(step_s, steps, n_val, batch)
+    left = budget_s - elapsed_s
+    epochs = max(1, int(left * BUDGET_SHARE // per_epoch))
+    why = (f"{epochs} epochs of {steps} steps fit {budget_s / 60:g} minutes ({step_s * 1000:.0f} ms a step, about "
+           f"{per_epoch:.1f} s an epoch with its evaluation; {elapsed_s:.0f} s spent setting up)")
+    if left * BUDGET_SHARE < per_epoch:
+        why += "; even one epoch does not fit: it trains one"
+    return epochs, why
+
+
+def replan_epochs(budget_s: float, elapsed_s: float, epochs_done: int, epoch_s: float, planned: int) -> int:
+    """After an epoch measured at `epoch_s` seconds: the epochs the budget holds in all (at least those done)."""
+    left = budget_s - elapsed_s
+    return max(epochs_done, epochs_done + int(left * BUDGET_SHARE // max(epoch_s, 1e-9))) if planned else planned
