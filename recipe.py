@@ -54,7 +54,7 @@ def header_size(path: Path) -> tuple[int, int] | None:
                 return abs(h), w
             if head[:2] == b"\xff\xd8":
                 return _jpeg_size(f)
-    except (OSError, struct.error):
+    except (OSError, struct.error, IndexError):
         return None
     return None
 
@@ -66,8 +66,10 @@ def _jpeg_size(f) -> tuple[int, int] | None:
         marker = f.read(2)
         if len(marker) < 2 or marker[0] != 0xFF:
             return None
-        while marker[1] == 0xFF:  # fill bytes
+        while len(marker) == 2 and marker[1] == 0xFF:  # fill bytes
             marker = marker[1:] + f.read(1)
+        if len(marker) < 2:
+            return None
         kind = marker[1]
         if kind in (0xD8, 0x01) or 0xD0 <= kind <= 0xD7:
             continue
@@ -97,23 +99,30 @@ def choose_img_size(files: list[Path], cap: int, device_type: str, arch: str = "
     `cap` (the script's --max-img-size; on a CPU at most CPU_MAX_IMG_SIZE), rounded to the architecture's size
     multiple; with the reason, for the log."""
     sizes = image_sizes(files)
-    if not sizes:
-        return max(min_size, min(cap, CPU_MAX_IMG_SIZE)), "no image size could be read"
-    median = int(statistics.median(min(s) for s in sizes))
     limit, limit_why = cap, f"the script's --max-img-size {cap}"
     if device_type == "cpu" and cap > CPU_MAX_IMG_SIZE:
         limit, limit_why = CPU_MAX_IMG_SIZE, (f"on a CPU automatic sizes stop at {CPU_MAX_IMG_SIZE} px: each doubling "
                                               "costs about 4x the time; give --img-size for more")
-    size = max(min_size, min(median, limit))
     step = SIZE_MULTIPLE.get(arch, 1)
-    if size % step:
-        size = max(step, round(size / step) * step)
+    if not sizes:
+        return _on_multiple(max(min_size, limit), step, limit), "no image size could be read"
+    median = int(statistics.median(min(s) for s in sizes))
+    size = _on_multiple(max(min_size, min(median, limit)), step, limit)
     why = f"the training images' median (shorter side) is {median} px"
     if median > limit:
         why += f"; {limit_why}"
     if step > 1 and size != min(median, limit):
         why += f"; {arch} needs a multiple of {step}"
     return size, why
+
+
+def _on_multiple(size: int, step: int, limit: int) -> int:
+    """`size` on a multiple of `step`: the nearest, or the one below when the nearest passes `limit` (at least
+    `step`)."""
+    if size % step == 0:
+        return size
+    nearest = round(size / step) * step
+    return max(step, nearest if nearest <= limit else size // step * step)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -133,7 +142,7 @@ def choose_batch_size(n_train: int, world_size: int, base: int = BASE_BATCH) -> 
     """The largest power of two up to `base` that gives an epoch at least MIN_STEPS_PER_EPOCH steps (at least
     MIN_AUTO_BATCH, and at least 2 images per process); None as the reason when `base` already does."""
     batch = base
-    while batch > max(MIN_AUTO_BATCH, 2 * world_size) and n_train // batch < MIN_STEPS_PER_EPOCH:
+    while batch // 2 >= max(MIN_AUTO_BATCH, 2 * world_size) and n_train // batch < MIN_STEPS_PER_EPOCH:
         batch //= 2
     if batch == base:
         return batch, None
@@ -149,8 +158,8 @@ def scale_lr(lr: float, batch: int, optimizer: str, base: int = BASE_BATCH) -> t
         return lr, None
     ratio = batch / base
     scaled = lr * (math.sqrt(ratio) if optimizer == "adamw" else ratio)
-    rule = "the square root" if optimizer == "adamw" else "linearly"
-    return float(f"{scaled:.3g}"), f"the script's {lr:g} at batch {base}, scaled {rule} with batch {batch}"
+    rule = f"by the square root of {batch}/{base}" if optimizer == "adamw" else f"linearly, by {batch}/{base}"
+    return float(f"{scaled:.3g}"), f"the script's {lr:g} at batch {base}, scaled {rule}"
 
 
 def choose_epochs(epochs: int, steps_per_epoch: int) -> tuple[int, str | None]:
@@ -206,8 +215,8 @@ def budget_epochs(budget_s: float, elapsed_s: float, step_s: float, steps: int, 
     at `step_s` seconds a training step; at least one. With the sentence the log states."""
     per_epoch = epoch_seconds(step_s, steps, n_val, batch)
     left = budget_s - elapsed_s
-    epochs = max(1, int(left * BUDGET_SHARE // per_epoch))
-    why = (f"{epochs} epochs of {steps} steps fit {budget_s / 60:g} minutes ({step_s * 1000:.0f} ms a step, about "
+    epochs = max(1, int(left * BUDGET_SHARE / per_epoch + 1e-9))
+    why = (f"{epochs} epoch{'s' if epochs > 1 else ''} of {steps} steps fit {budget_s / 60:g} minutes ({step_s * 1000:.0f} ms a step, about "
            f"{per_epoch:.1f} s an epoch with its evaluation; {elapsed_s:.0f} s spent setting up)")
     if left * BUDGET_SHARE < per_epoch:
         why += "; even one epoch does not fit: it trains one"
