@@ -158,7 +158,7 @@ NAME_MAX = 255
 # `check`: a function of the value that raises an OptionError (a format). Every int and float option has its range
 # here (a test holds it); `choices` are the fields' own (their flags' too).
 LIMITS = {
-    "epochs": dict(minimum=1), "img_size": dict(check=check_img_size), "max_img_size": dict(minimum=MIN_IMG_SIZE),
+    "epochs": dict(minimum=1), "img_size": dict(minimum=0, check=check_img_size), "max_img_size": dict(minimum=MIN_IMG_SIZE),
     "time_budget": dict(minimum=0),
     "batch_size": dict(minimum=MIN_BATCH, why=f"BatchNorm needs at least {MIN_BATCH} images in a training batch"),
     "lr": dict(above=0), "head_lr_mult": dict(above=0), "momentum": dict(minimum=0, below=1),

@@ -85,8 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "working folder)")
     show.add_argument("--per-class", type=int, default=4, metavar="N", help="images per class")
     show.add_argument("--img-size", type=int, default=None, metavar="S", help="the size training would resize to "
-                      "(default: the built-in --img-size, train_cnn.py's; give the size your script trains at; the images are "
-                      "decoded into the cache training uses)")
+                      "(default: as a new run on a CPU chooses it from the images; give the size your script trains at; the "
+                      "images are decoded into the cache training uses)")
     show.add_argument("--seed", type=cli.int_in(0, cli.MAX_SEED), default=0,
                       help="which images, and their augmentation")
     return parser

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 import data
+import recipe
 import runs
 from config import MIN_IMG_SIZE, built_in_defaults
 from errors import DataError, OptionError
@@ -66,12 +67,14 @@ def save_data_preview(root: str | Path, out: str | Path | None = None, per_class
     `default_preview_path`). `layout`: find_labelled_images' options (id_col, label_col, labels_file,
     train_dir, multi_label). The images are decoded into the cache training uses."""
     defaults = built_in_defaults()
-    img_size = defaults["img_size"] if img_size is None else img_size
     if per_class < 1:
         raise OptionError("must be at least 1", option="per_class", value=per_class)
-    if img_size < MIN_IMG_SIZE:
+    if img_size is not None and img_size < MIN_IMG_SIZE:
         raise OptionError(f"must be at least {MIN_IMG_SIZE}", option="img_size", value=img_size)
     found = data.find_labelled_images(root, **layout)
+    if not img_size:  # as a new run on a CPU would choose it (recipe.py)
+        img_size, why = recipe.choose_img_size(found.files, defaults["max_img_size"], "cpu")
+        log.info("image size %d px: %s", img_size, why)
     images = data.load_images(found.files, img_size, None, data.cache_dir_for(root))
     shown = len(found.class_names)
     if shown > MAX_CLASSES:

@@ -97,7 +97,7 @@ def test_local_weights_load_and_adapt(arch, img_size, in_chans, how, tmp_path, o
     loaded = model.state_dict()
     if arch == "alexnet":  # torchvision's dense layers are named classifier.N, ours head.M
         state = {{"classifier.1.weight": "head.2.weight", "classifier.1.bias": "head.2.bias",
-                  "classifier.4.weight": "head.4.weight", "classifier.4.bias": "head.4.bias",
+                  "classifier.4.weight": "head.5.weight", "classifier.4.bias": "head.5.bias",
                   "classifier.6.weight": "head.7.weight", "classifier.6.bias": "head.7.bias"}.get(k, k): v
                  for k, v in state.items()}
     first = FIRST_CONV[arch]

@@ -31,7 +31,7 @@ ODD_CLASSES = ("T-shirt/top", 'say "hi", ok', "Bag")
 
 def train(arch: str, data_dir: Path, runs_dir: Path, name: str, *extra: str) -> Path:
     defaults = importlib.import_module(f"train_{arch}").DEFAULTS
-    return trainer.main(arch, ["--data", str(data_dir), "--epochs", "1", "--runs-dir", str(runs_dir), "--name", name,
+    return trainer.main(arch, ["--data", str(data_dir), "--epochs", "2", "--lr", "0.005", "--runs-dir", str(runs_dir), "--name", name,
                                "--precision", "fp32", "--channels-last", "off", "--no-progress", *extra], **defaults)
 
 
