@@ -188,10 +188,9 @@ def _is_clear(times: dict, best: ComputeFormat) -> bool:
     return not others or min(others) > (1 + CLOSE) * times[best]
 
 
-def _with_earlier(key: str, times: dict) -> tuple[dict, int]:
-    """`times` averaged with an earlier, unsure measurement of the same key (weighted by its count), and the number
-    of measurements they make together."""
-    entry = _remembered(key)
+def _with_earlier(entry: dict | None, times: dict) -> tuple[dict, int]:
+    """`times` averaged with an earlier, unsure measurement `entry` of the same key (weighted by its count), and the
+    number of measurements they make together."""
     if not entry or entry.get("sure", True):
         return times, 1
     count = int(entry.get("measurements", 1))
@@ -239,7 +238,7 @@ def choose_format(precision: str, channels_last: str, model: nn.Module, x: torch
     decision = None
     if rt.is_main:
         key = format_key(arch, x, modes, rt.device)
-        entry = _remembered(key) if arch else None
+        entry = earlier = _remembered(key) if arch else None
         if entry and not entry.get("sure", True) and entry.get("measurements", 1) < MAX_MEASUREMENTS:
             entry = None  # close or noisy last time: measured again (and averaged with it)
         if entry:
@@ -258,7 +257,7 @@ def choose_format(precision: str, channels_last: str, model: nn.Module, x: torch
                          "than the %g s trial)", best, run_steps, times[best] * 1000, TRIAL_BUDGET_S)
                 return _shared(best, {"how": "not measured: the run is shorter than the trial",
                                       "step_s": times[best]}, rt)
-            times, count = _with_earlier(key, times) if arch else (times, 1)
+            times, count = _with_earlier(earlier, times)
             best = pick_format(times)
             sure = _is_clear(times, best)
             decision = {"how": "measured", "ms_per_step": {str(m): round(t * 1000, 2) for m, t in times.items()},
