@@ -92,6 +92,10 @@ def measure_formats(model: nn.Module, x: torch.Tensor, y: torch.Tensor, modes: l
         return _measure(model, x, y, modes, device, warmup, min_steps, max_steps, budget_s, run_steps)
 
 
+# The fewest images a trial batch is cut to when full batches are too slow to compare within the budget.
+MIN_TRIAL_BATCH = 8
+
+
 def _measure(model, x, y, modes, device, warmup, min_steps, max_steps, budget_s, run_steps) -> dict[ComputeFormat, float]:
     trials = {}
     for mode in modes:
@@ -99,24 +103,45 @@ def _measure(model, x, y, modes, device, warmup, min_steps, max_steps, budget_s,
         trials[mode] = (trial, torch.optim.AdamW(trial.parameters(), lr=0.0, weight_decay=0.0),
                         torch.amp.GradScaler(device.type, enabled=mode.precision == "fp16"),
                         x.to(device, memory_format=mode.memory_format), y.to(device))
+    began = time.perf_counter()
+    first = _trial_step(modes[0], trials[modes[0]], device)  # kernels are built here: the slowest step
+    if run_steps and first * run_steps < budget_s:
+        return {modes[0]: first}  # the whole run, at this step's time, beats the trial
+    # Steps so slow that the formats could not take (1 + min_steps) turns in the budget (a slow CPU at a large size)
+    # are compared on part of the batch; a step's time grows with its images, so the times are scaled back.
+    keep = len(x)
+    if len(modes) > 1 and first * len(modes) * (1 + min_steps) > budget_s:
+        keep = max(MIN_TRIAL_BATCH, int(len(x) * budget_s / (first * len(modes) * (1 + min_steps))))
+    if keep < len(x):
+        trials = {m: (*t[:3], t[3][:keep], t[4][:keep]) for m, t in trials.items()}
+    times = _take_turns(trials, modes, device, warmup, min_steps, max_steps, budget_s, began)
+    return {mode: t * len(x) / min(keep, len(x)) for mode, t in times.items()}
+
+
+def _trial_step(mode: ComputeFormat, trial: tuple, device: torch.device) -> float:
+    """Seconds of one training step of a trial (model, optimiser, scaler, batch) in `mode`."""
+    model, opt, scaler, xb, yb = trial
+    sync(device)
+    start = time.perf_counter()
+    with mode.autocast(device):
+        loss = F.cross_entropy(model(xb), yb)
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+    opt.zero_grad(set_to_none=True)
+    sync(device)
+    return time.perf_counter() - start
+
+
+def _take_turns(trials, modes, device, warmup, min_steps, max_steps, budget_s, began) -> dict[ComputeFormat, float]:
+    """The formats' step times, measured in turns until one leads, `max_steps` rounds, or `budget_s` from `began`
+    is spent."""
     times: dict[ComputeFormat, list[float]] = {mode: [] for mode in modes}
     last: dict[ComputeFormat, float] = {}
-    active, began, previous = list(modes), time.perf_counter(), 0.0
+    active, previous = list(modes), time.perf_counter() - began
     for round_ in range(warmup + max_steps):
         for mode in active:
-            trial, opt, scaler, xb, yb = trials[mode]
-            sync(device)
-            start = time.perf_counter()
-            with mode.autocast(device):
-                loss = F.cross_entropy(trial(xb), yb)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            opt.zero_grad(set_to_none=True)
-            sync(device)
-            last[mode] = time.perf_counter() - start
-            if round_ == 0 and run_steps and last[mode] * run_steps < budget_s:
-                return {mode: last[mode]}  # the whole run, at this (first, slowest) step's time, beats the trial
+            last[mode] = _trial_step(mode, trials[mode], device)
             if round_ >= warmup:
                 times[mode].append(last[mode])
         elapsed = time.perf_counter() - began

@@ -174,13 +174,12 @@ def read_rows(path: Path) -> list[dict]:
 def plot_lr_find(folder: Path) -> Path:
     """Draw lr_find.png from the folder's lr_find.csv: the loss of each step and the smoothed loss against the
     rate (log scale), the suggested rate, the minimum and the steepest descent marked."""
-    plt = runs._pyplot()
     folder = Path(folder)
     rows = read_rows(folder / "lr_find.csv")
     lrs, smoothed = [r["lr"] for r in rows], [r["smoothed"] for r in rows]
     suggested, rule = suggest_lr(rows)
     steepest, minimum = landmarks(rows)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = runs.new_figure(figsize=(7, 4.5))
     ax.plot(lrs, [r["loss"] for r in rows], color="C0", alpha=0.3, linewidth=1, label="loss of each step")
     ax.plot(lrs, smoothed, color="C0", label="smoothed loss")
     ax.axvline(suggested, color="C3", linestyle="--", label=f"suggested --lr {rate_text(suggested)} ({rule})")

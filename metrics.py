@@ -42,7 +42,6 @@ import re
 import warnings
 
 import numpy as np
-from sklearn import metrics as sk
 
 from errors import OptionError
 
@@ -62,6 +61,12 @@ _BETA = {"f1_samples": 1.0, "f2_samples": 2.0}
 # ----------------------------------------------------------------------------------------------
 # Which metric, and which way is better
 # ----------------------------------------------------------------------------------------------
+
+def _sk():
+    """scikit-learn's metrics, imported when first scored: the import takes seconds of every run's start-up."""
+    from sklearn import metrics as sk
+    return sk
+
 
 def check_metric(metric: str, multi_label: bool | None = None) -> str:
     """`metric` if it is one of METRICS or map@K (K >= 1), else an OptionError listing the choices; with
@@ -124,7 +129,7 @@ def accuracy(predicted, labels) -> float:
     if predicted.ndim != 1 or predicted.shape != labels.shape or len(labels) == 0:
         raise ValueError(f"expected predicted and true labels (N,) with N > 0, got {predicted.shape} and "
                          f"{labels.shape}")
-    return float(sk.accuracy_score(labels, predicted))
+    return float(np.mean(predicted == labels))
 
 
 def decide(probs: np.ndarray, thresholds=None) -> np.ndarray:
@@ -180,18 +185,18 @@ def _single_label_score(metric: str, probs: np.ndarray, labels: np.ndarray) -> f
         truth = np.eye(classes, dtype=np.uint8)[labels]
         return _macro_auc(truth, probs) if metric == "roc_auc" else _map_at_k(truth, probs, top_k(metric))
     predicted = probs.argmax(1)
-    if metric == "accuracy":
-        return sk.accuracy_score(labels, predicted)
+    if metric == "accuracy":  # by hand: scikit-learn's import would cost every run's first epoch seconds
+        return float(np.mean(predicted == labels))
     if metric == "balanced_accuracy":
-        return sk.balanced_accuracy_score(labels, predicted)
+        return _sk().balanced_accuracy_score(labels, predicted)
     if metric == "macro_f1":
-        return sk.f1_score(labels, predicted, average="macro", zero_division=0)
+        return _sk().f1_score(labels, predicted, average="macro", zero_division=0)
     if metric == "quadratic_kappa":
-        kappa = sk.cohen_kappa_score(labels, predicted, weights="quadratic", labels=np.arange(classes))
+        kappa = _sk().cohen_kappa_score(labels, predicted, weights="quadratic", labels=np.arange(classes))
         return kappa if np.isfinite(kappa) else math.nan
     one_hot = np.eye(classes, dtype=np.uint8)
-    return sk.fbeta_score(one_hot[labels], one_hot[predicted], beta=_BETA[metric], average="samples",
-                          zero_division=0)
+    return _sk().fbeta_score(one_hot[labels], one_hot[predicted], beta=_BETA[metric], average="samples",
+                             zero_division=0)
 
 
 def _multi_label_score(metric: str, probs: np.ndarray, labels: np.ndarray, thresholds) -> float:
@@ -204,19 +209,19 @@ def _multi_label_score(metric: str, probs: np.ndarray, labels: np.ndarray, thres
     if metric.startswith("map@"):
         return _map_at_k(labels, probs, top_k(metric))
     decisions = decide(probs, thresholds).astype(np.uint8)
-    if metric == "accuracy":
-        return sk.accuracy_score(labels, decisions)
+    if metric == "accuracy":  # exact match of every tag, as scikit-learn's subset accuracy
+        return float(np.mean(np.all(decisions == labels, axis=1)))
     if metric == "balanced_accuracy":
-        return np.mean([sk.balanced_accuracy_score(labels[:, j], decisions[:, j]) for j in range(labels.shape[1])])
+        return np.mean([_sk().balanced_accuracy_score(labels[:, j], decisions[:, j]) for j in range(labels.shape[1])])
     if metric == "macro_f1":
-        return sk.f1_score(labels, decisions, average="macro", zero_division=0)
-    return sk.fbeta_score(labels, decisions, beta=_BETA[metric], average="samples", zero_division=0)
+        return _sk().f1_score(labels, decisions, average="macro", zero_division=0)
+    return _sk().fbeta_score(labels, decisions, beta=_BETA[metric], average="samples", zero_division=0)
 
 
 def _binary_auc(truth: np.ndarray, scores: np.ndarray) -> float:
     if truth.all() or not truth.any():
         return math.nan
-    return sk.roc_auc_score(truth, scores)
+    return _sk().roc_auc_score(truth, scores)
 
 
 def _macro_auc(truth: np.ndarray, probs: np.ndarray) -> float:
@@ -225,7 +230,7 @@ def _macro_auc(truth: np.ndarray, probs: np.ndarray) -> float:
     both = (positives > 0) & (positives < len(truth))
     if not both.any():
         return math.nan
-    return sk.roc_auc_score(truth[:, both], probs[:, both], average="macro")
+    return _sk().roc_auc_score(truth[:, both], probs[:, both], average="macro")
 
 
 def _map_at_k(truth: np.ndarray, probs: np.ndarray, k: int) -> float:

@@ -97,9 +97,8 @@ def save_data_preview(root: str | Path, out: str | Path | None = None, per_class
 
 def plot_samples(grid: list[list[np.ndarray]], row_names: list[str], path: Path, title: str):
     """One row per class: its images ((C, S, S) floats in 0..1), each titled with the class's name."""
-    plt = runs._pyplot()
     cols = max(1, max(len(row) for row in grid))
-    fig, axes = plt.subplots(len(grid), cols, figsize=(1.6 * cols + 0.4, 1.7 * len(grid) + 0.6), squeeze=False)
+    fig, axes = runs.new_figure(len(grid), cols, figsize=(1.6 * cols + 0.4, 1.7 * len(grid) + 0.6), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for axes_row, row, name in zip(axes, grid, row_names):

@@ -17,6 +17,7 @@ import os
 import shlex
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -58,7 +59,6 @@ def plot_curves(run_dir: Path) -> Path:
     """Draw a run's curves.png, loss and accuracy (train and validation), and the validation score when the run's
     metric is not accuracy, from its metrics.csv (and its config.json for the title, the metric and what the
     training loss includes)."""
-    plt = _pyplot()
     import matplotlib.ticker
 
     run_dir = Path(run_dir)
@@ -68,7 +68,7 @@ def plot_curves(run_dir: Path) -> Path:
     epochs = [r["epoch"] for r in rows]
     metric = config.get("metric", "accuracy")
     with_score = metric != "accuracy" and any(not math.isnan(r.get("val_score", math.nan)) for r in rows)
-    fig, axes = plt.subplots(1, 3 if with_score else 2, figsize=(15 if with_score else 10, 4))
+    fig, axes = new_figure(1, 3 if with_score else 2, figsize=(15 if with_score else 10, 4))
     if with_score:
         axes[2].plot(epochs, [r["val_score"] for r in rows], "o-", color="C1", label="validation", markersize=3)
         axes[2].set_ylabel(metric.replace("_", " "))
@@ -94,12 +94,50 @@ def plot_curves(run_dir: Path) -> Path:
     return run_dir / "curves.png"
 
 
+class CurvesDrawer:
+    """curves.png drawn in a thread beside training: `request` after each epoch's metrics.csv is written returns at
+    once, the thread draws the newest request (one it had no time for is skipped: the next drawing shows its
+    epoch too), and `close` waits for the last drawing. A drawing that fails is a warning: the curves are a view
+    of metrics.csv, which holds the run's figures."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir, self._wanted, self._closed, self._thread = Path(run_dir), False, False, None
+        self._cond = threading.Condition()
+
+    def request(self):
+        with self._cond:
+            self._wanted = True
+            self._cond.notify()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._draw_requests, name="curves", daemon=True)
+            self._thread.start()
+
+    def close(self):
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _draw_requests(self):
+        while True:
+            with self._cond:
+                while not self._wanted and not self._closed:
+                    self._cond.wait()
+                if not self._wanted:
+                    return
+                self._wanted = False
+            try:
+                plot_curves(self.run_dir)
+            except Exception as e:  # noqa: BLE001 - a figure must not end a run
+                log.warning("%s/curves.png not drawn: %s", self.run_dir, e)
+
+
 def plot_confusion(confusion: np.ndarray, class_names: list[str], path: Path, title: str):
     """The confusion matrix as a heat map with counts; rows are the true classes."""
-    plt = _pyplot()
     n = len(class_names)
     side = min(20, 3 + 0.6 * n)
-    fig, ax = plt.subplots(figsize=(side + 1, side))
+    fig, ax = new_figure(figsize=(side + 1, side))
     im = ax.imshow(confusion, cmap="Blues")
     fig.colorbar(im, ax=ax, fraction=0.046)
     ax.set_xticks(range(n), class_names, rotation=45, ha="right")
@@ -118,13 +156,12 @@ def plot_confusion(confusion: np.ndarray, class_names: list[str], path: Path, ti
 def plot_wrong(pixels: np.ndarray, probs: np.ndarray, labels: np.ndarray, class_names: list[str], path: Path,
                count: int = 16):
     """A grid of the `count` wrong predictions made with the highest confidence, with true and predicted labels."""
-    plt = _pyplot()
     predicted = probs.argmax(1)
     wrong = np.flatnonzero(predicted != labels)
     wrong = wrong[np.argsort(-probs[wrong, predicted[wrong]], kind="stable")][:count]
     cols = max(1, min(4, len(wrong)))
     rows = max(1, math.ceil(len(wrong) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.9 * rows), squeeze=False)
+    fig, axes = new_figure(rows, cols, figsize=(2.6 * cols, 2.9 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     if len(wrong) == 0:
@@ -142,17 +179,17 @@ def plot_wrong(pixels: np.ndarray, probs: np.ndarray, labels: np.ndarray, class_
     _save_figure(fig, path)
 
 
-def _pyplot():
-    """matplotlib's pyplot without a display (imported on first use: runs that draw nothing skip its start-up)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
+def new_figure(rows: int = 1, cols: int = 1, figsize=(6.4, 4.8), squeeze: bool = True):
+    """A figure and its axes, drawn without a display: matplotlib's object API, not pyplot, so a figure belongs to
+    whoever made it (curves.png is drawn in a thread beside training) and no pyplot state is left to close.
+    Imported on first use: runs that draw nothing skip its start-up."""
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(rows, cols, squeeze=squeeze)
 
 
 def _save_figure(fig, path: Path):
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    _pyplot().close(fig)
 
 
 def write_predictions(path: Path, files: list[str], labels: list[str] | None, probs, class_names: list[str],

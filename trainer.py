@@ -353,7 +353,8 @@ def _train_run(config: TrainConfig, rt: Runtime, script_defaults: dict, run_dir:
         if s.data.skipped:  # only now: a refused resume leaves the run's files as they were
             record_skipped(run_dir, s.data.files, s.data.skipped)
         record_start(s, start_epoch, resume is not None, choice, script_defaults, notes)
-    with StopRequest() as stop:
+    curves = runs.CurvesDrawer(run_dir)
+    with StopRequest() as stop, contextlib.closing(curves):
         epoch = start_epoch - 1
         while epoch < s.config.epochs:  # --time-budget may re-plan the epochs after the first one
             epoch, began = epoch + 1, time.perf_counter()
@@ -375,7 +376,7 @@ def _train_run(config: TrainConfig, rt: Runtime, script_defaults: dict, run_dir:
                 replan_for_budget(s, epoch, time.perf_counter() - began)
             row, improved = record_epoch(s, epoch, result, val)
             if rt.is_main:
-                write_epoch(s, epoch, row, val, improved)
+                write_epoch(s, epoch, row, val, improved, curves)
             status = reason_to_stop(s, epoch, stop)
             if status:
                 if rt.is_main:
@@ -527,19 +528,20 @@ def record_epoch(s: Session, epoch: int, result: EpochResult, val: dict) -> tupl
     return row, improved
 
 
-def write_epoch(s: Session, epoch: int, row: dict, val: dict, improved: bool):
-    """On rank 0, the epoch's outputs: last.pt; best.pt and val_predictions.csv when it is the best; metrics.csv,
-    curves.png, run.json, and its log line."""
+def write_epoch(s: Session, epoch: int, row: dict, val: dict, improved: bool, curves: runs.CurvesDrawer):
+    """On rank 0, the epoch's outputs: last.pt; metrics.csv and curves.png (drawn by `curves` while the rest is
+    written and the next epoch trains; metrics.csv never runs ahead of last.pt); best.pt and val_predictions.csv
+    when it is the best; run.json, and its log line."""
     config, p, run_dir, has_val = s.config, s.progress, s.run_dir, len(s.data.val_idx) > 0
     save_checkpoint(run_dir / "last.pt", s.checkpoint(epoch))
+    runs.write_metrics(run_dir / "metrics.csv", p.history)
+    curves.request()
     if improved:
         save_checkpoint(run_dir / "best.pt", s.checkpoint(epoch, resumable=False))
         if has_val:  # the best epoch's validation predictions: for ensembles and out-of-fold scores
             runs.write_predictions(run_dir / "val_predictions.csv", s.image_ids(val["indices"]),
                                    [label_text(s.data.labels[i], s.spec.class_names, s.spec.multi_label)
                                     for i in val["indices"]], val["probs"], s.spec.class_names, s.data.id_column)
-    runs.write_metrics(run_dir / "metrics.csv", p.history)
-    runs.plot_curves(run_dir)
     runs.update_run_info(run_dir, epochs_done=epoch, best_val_acc=p.best_val_acc, best_val_score=p.best_val_score,
                          metric=config.metric, best_epoch=p.best_epoch, train_time=p.train_time,
                          # the median epoch: one epoch slowed by other work on the machine does not set it

@@ -6,7 +6,6 @@ stride-1 conv without pooling, as the paper does for CIFAR-10, so small images a
 to 1x1 before the last stage.
 """
 import torchvision
-from timm.models import adapt_input_conv
 from torch import nn
 
 from .weights import IMAGENET_MEAN, IMAGENET_STD, WeightsInfo, fetch_error, load_local_weights, weights_source
@@ -40,6 +39,7 @@ def load_imagenet_weights(model: nn.Module, in_chans: int) -> None:
     except OSError as err:  # URLError, ConnectionError, timeouts, an unwritable cache
         raise fetch_error("resnet", weights.url, err) from err
     del state_dict["fc.weight"], state_dict["fc.bias"]
+    from timm.models import adapt_input_conv  # here: importing timm takes seconds
     if model.conv1.weight.shape[2:] == state_dict["conv1.weight"].shape[2:]:
         state_dict["conv1.weight"] = adapt_input_conv(in_chans, state_dict["conv1.weight"])
     else:

@@ -4,6 +4,8 @@ metric is undefined, the fitted thresholds, the positive class, and which score 
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ from sklearn import metrics as sk
 
 import errors
 import metrics
+from conftest import ROOT
 from errors import OptionError
 
 
@@ -268,3 +271,19 @@ def test_thresholds_stay_at_one_half_where_they_do_not_count():
                                   np.full(4, 0.5))
     np.testing.assert_array_equal(metrics.fit_thresholds("f2_samples", np.full((5, 6), np.nan), labels[:5]),
                                   np.full(6, 0.5))
+
+
+def test_accuracy_by_hand_agrees_with_scikit_learn_and_a_plain_run_does_not_import_it():
+    accuracy_score = sk.accuracy_score
+    rng = np.random.default_rng(0)
+    probs, labels = rng.dirichlet(np.ones(4), 50), rng.integers(0, 4, 50)
+    assert metrics.score("accuracy", probs, labels) == pytest.approx(accuracy_score(labels, probs.argmax(1)))
+    tags, truth = rng.random((50, 3)), (rng.random((50, 3)) > 0.5).astype(np.uint8)
+    decided = (tags > 0.5).astype(np.uint8)
+    assert metrics.score("accuracy", tags, truth, [0.5] * 3) == pytest.approx(accuracy_score(truth, decided))
+    assert metrics.accuracy(["a", "b", "b"], ["a", "b", "c"]) == pytest.approx(2 / 3)
+    # scikit-learn takes seconds to import: the trainer and an accuracy-scored epoch leave it out
+    code = ("import sys, numpy as np, trainer, metrics; metrics.score('accuracy', np.eye(3), np.arange(3)); "
+            "print('sklearn' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.stdout.strip() == "False", out.stderr

@@ -379,6 +379,45 @@ def test_measure_modes_times_every_mode_and_leaves_the_model_untouched():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+def test_steps_too_slow_for_the_budget_are_compared_on_part_of_the_batch_and_scaled_back(monkeypatch):
+    # A slow machine at a large size: one step of the whole batch takes most of the trial's budget, so the
+    # formats take their turns on a cut batch (at least MIN_TRIAL_BATCH images) and the times are scaled back up
+    modes = compute.candidate_formats("fp32", "auto", torch.device("cpu"))
+    seen = []
+
+    def fake_step(mode, trial, device):  # 10 ms an image, whatever the format
+        seen.append(len(trial[3]))
+        return 0.01 * len(trial[3])
+    monkeypatch.setattr(compute, "_trial_step", fake_step)
+    x, y = torch.randn(128, 1, 16, 16), torch.randint(0, 3, (128,))
+    times = compute.measure_formats(build_model("cnn", 3, 1, 16), x, y, modes, torch.device("cpu"), warmup=1,
+                                    min_steps=2, max_steps=3, budget_s=3.0)
+    assert seen[0] == 128 and set(seen[1:]) == {int(128 * 3.0 / (1.28 * len(modes) * 3))}
+    assert all(t == pytest.approx(1.28) for t in times.values())  # the whole batch's step time
+    # steps that fit: the whole batch all along
+    seen.clear()
+    compute.measure_formats(build_model("cnn", 3, 1, 16), x, y, modes, torch.device("cpu"), warmup=1, min_steps=2,
+                            max_steps=3, budget_s=60.0)
+    assert set(seen) == {128}
+
+
+def test_curves_are_drawn_beside_training_and_a_failed_drawing_is_a_warning(tmp_path, caplog):
+    runs.write_metrics(tmp_path / "metrics.csv", [
+        {"epoch": e, "train_loss": 1.0 / e, "train_acc": 0.5, "val_loss": 1.2 / e, "val_acc": 0.4, "lr": 1e-3,
+         "seconds": 1.0, "images_per_s": 10.0, "val_score": 0.4} for e in (1, 2, 3)])
+    drawer = runs.CurvesDrawer(tmp_path)
+    for _ in range(3):
+        drawer.request()  # returns at once; requests it had no time for are merged into the next drawing
+    drawer.close()
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    broken = runs.CurvesDrawer(tmp_path / "missing")
+    broken.request()
+    broken.close()
+    assert not (tmp_path / "missing").exists() and "curves.png not drawn" in caplog.text
+    idle = runs.CurvesDrawer(tmp_path)
+    idle.close()  # never asked: nothing to wait for
+
+
 def test_a_modes_step_time_is_the_mean_without_the_slowest_step():
     # a bimodal mode (half its steps slow) must not look as fast as its fast half, as a median would make it
     assert compute.step_time([1.0, 1.0, 1.0, 1.6, 1.6, 1.6]) == pytest.approx(1.24)
@@ -429,8 +468,11 @@ def test_compile_trains_the_same_model_and_saves_plain_weights(dataset, tmp_path
     assert list(a) == list(b)  # no "_orig_mod." prefix: predict.py and --init read it as any other run
     # the same steps on the same batches and dropout masks: only the rounding of fused kernels differs
     # (Adam's update of a weight whose gradient is ~0 can flip sign on a rounding difference: compare norms)
-    assert all(torch.linalg.vector_norm(a[k].float() - b[k].float()) <= 1e-3 * torch.linalg.vector_norm(a[k].float())
-               for k in a if a[k].is_floating_point())
+    # Vectors (biases, BatchNorm's shifts) start at 0 and stay small, so the same rounding is a larger share of
+    # them: on an AVX2-only CPU they drifted up to 0.4% of their norm in an epoch, the weight matrices 0.03%.
+    drift = {k: float(torch.linalg.vector_norm(a[k].float() - b[k].float()) / torch.linalg.vector_norm(a[k].float()))
+             for k in a if a[k].is_floating_point() and a[k].any()}
+    assert all(v <= (1e-3 if a[k].ndim > 1 else 1e-2) for k, v in drift.items()), drift
     (ea,), (co,) = metrics(eager), metrics(compiled)
     for column in ("train_loss", "val_loss"):
         assert abs(float(ea[column]) - float(co[column])) < 1e-4, column
