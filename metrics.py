@@ -185,8 +185,8 @@ def _single_label_score(metric: str, probs: np.ndarray, labels: np.ndarray) -> f
         truth = np.eye(classes, dtype=np.uint8)[labels]
         return _macro_auc(truth, probs) if metric == "roc_auc" else _map_at_k(truth, probs, top_k(metric))
     predicted = probs.argmax(1)
-    if metric == "accuracy":  # by hand: scikit-learn's import would cost every run's first epoch seconds
-        return float(np.mean(predicted == labels))
+    if metric == "accuracy":  # by hand (`accuracy`): scikit-learn's import would cost every run seconds
+        return accuracy(predicted, labels)
     if metric == "balanced_accuracy":
         return _sk().balanced_accuracy_score(labels, predicted)
     if metric == "macro_f1":
