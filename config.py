@@ -179,7 +179,7 @@ RESUMABLE_CHANGES = {"epochs", "stop_at_epoch", "progress", "resume", "device", 
 
 
 # The options that follow the data when not given on the command line (recipe.py); a resumed run keeps its own.
-FOLLOW_DATA = ("batch_size", "lr", "epochs")
+FOLLOW_DATA = ("batch_size", "lr", "epochs", "rotate", "translate")
 
 
 def build_parser(arch: str, defaults: dict) -> argparse.ArgumentParser:

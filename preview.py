@@ -14,7 +14,7 @@ import torch
 import data
 import recipe
 import runs
-from config import MIN_IMG_SIZE, built_in_defaults
+from config import FOLLOW_DATA, MIN_IMG_SIZE, built_in_defaults
 from errors import DataError, OptionError
 
 log = logging.getLogger("imgcomp")
@@ -63,7 +63,8 @@ def describe_augment(augment: data.Augment) -> str:
 def save_data_preview(root: str | Path, out: str | Path | None = None, per_class: int = 4,
                       img_size: int | None = None, seed: int = 0, **layout) -> Path:
     """Draw `per_class` training images of each class of the dataset folder `root` after decoding and
-    augmentation (TrainConfig's defaults; `img_size` None: its default too) into the PNG `out` (None:
+    augmentation (TrainConfig's defaults, the rotation and shift as the images' layout chooses them; `img_size`
+    None: as a new run chooses it too) into the PNG `out` (None:
     `default_preview_path`). `layout`: find_labelled_images' options (id_col, label_col, labels_file,
     train_dir, multi_label). The images are decoded into the cache training uses."""
     defaults = built_in_defaults()
@@ -81,7 +82,12 @@ def save_data_preview(root: str | Path, out: str | Path | None = None, per_class
         log.info("showing the first %d of %d classes", MAX_CLASSES, shown)
         shown = MAX_CLASSES
     picks = pick_per_class(found.labels, len(found.class_names), per_class, seed, images.bad)[:shown]
-    augment = data.Augment(**{k: defaults[k] for k in ("hflip", "rotate", "translate", "erase")})
+    readable = np.setdiff1d(np.arange(len(found.files)), np.array(sorted(images.bad), dtype=int))
+    rotate, translate, why = recipe.choose_augmentation(defaults["rotate"], defaults["translate"], img_size,
+                                                        images.pixels, readable, set(FOLLOW_DATA))
+    for text in why.values():  # as a new run chooses them (recipe.py)
+        log.info("augmentation: %s", text)
+    augment = data.Augment(defaults["hflip"], rotate, translate, defaults["erase"])
     flat = np.concatenate(picks)
     if len(flat) == 0:
         raise DataError(f"{root}: no readable training image to show")
@@ -89,7 +95,7 @@ def save_data_preview(root: str | Path, out: str | Path | None = None, per_class
     grid = [[pixels[i] for i in row.tolist()] for row in picks]
     colour = "gray" if images.channels == 1 else "colour"
     title = (f"{root}: {img_size}x{img_size} px, {colour}, augmentation: {describe_augment(augment)} "
-             "(training's defaults), before normalisation")
+             "(as a new run chooses it), before normalisation")
     path = Path(out) if out else default_preview_path(root)
     plot_samples(grid, found.class_names[:shown], path, title)
     return path

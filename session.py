@@ -590,6 +590,7 @@ def prepare_session(config: TrainConfig, rt: Runtime, run_dir: Path | None = Non
     if not resume:
         plan = recipe.fit_schedule(config, len(train_data.train_idx), rt.world_size, set(follow_data))
         config, reasons = recipe.apply_plan(config, plan), {**reasons, **plan.reasons}
+        config, reasons = augmentation_for_data(config, train_data, follow_data, reasons)
     check_batch_size(config, rt.world_size)
     check_training_split(config, len(train_data.train_idx), rt.world_size)
     if rt.is_main:
@@ -619,6 +620,15 @@ def prepare_session(config: TrainConfig, rt: Runtime, run_dir: Path | None = Non
         restore_run(s, resume)
         s.schedule, s.schedule_change = resumed_schedule(config, resume, s.schedule.steps_per_epoch)
     return s, resume, choice
+
+
+def augmentation_for_data(config: TrainConfig, train_data: TrainData, follow_data: frozenset,
+                          reasons: dict) -> tuple[TrainConfig, dict]:
+    """A new run's rotation and shift where not given: as the training images' layout suggests
+    (recipe.choose_augmentation), with the reasons added to `reasons`."""
+    rotate, translate, why = recipe.choose_augmentation(config.rotate, config.translate, config.img_size,
+                                                        train_data.pixels, train_data.train_idx, set(follow_data))
+    return dataclasses.replace(config, rotate=rotate, translate=translate), {**reasons, **why}
 
 
 # Fewer validation images of a class than this make its share of the validation score noise.

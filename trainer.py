@@ -460,13 +460,14 @@ def record_start(s: Session, start_epoch: int, resuming: bool, choice: dict | No
 
 
 def log_recipe(s: Session, size_from: str | None):
-    """The log lines that say which image size, batch size, learning rate and epochs the run trains with, and why
+    """The log lines that say which image size, batch size, learning rate, epochs and augmentation the run trains with, and why
     (chosen for the data, given as flags, or the resumed run's own)."""
     config = s.config
     why = s.recipe.get("img_size") or {"flag": "--img-size", None: "the resumed run's: it cannot change on resuming"}[size_from]
     log.info("image size %d px: %s", config.img_size, why)
     for option, text in (("batch_size", f"batch size {config.batch_size}"), ("lr", f"learning rate {config.lr:g}"),
-                         ("epochs", f"{config.epochs} epochs")):
+                         ("epochs", f"{config.epochs} epochs"), ("rotate", f"rotations up to {config.rotate:g} degrees"),
+                         ("translate", f"shifts up to {config.translate} px")):
         if option in s.recipe:
             log.info("%s: %s", text, s.recipe[option])
 

@@ -298,6 +298,75 @@ def test_no_warmup_starts_at_the_peak():
 
 
 # ----------------------------------------------------------------------------------------------
+# Augmentation from the images' layout
+# ----------------------------------------------------------------------------------------------
+
+def scattered_shapes(n: int, size: int = 32, seed: int = 0) -> np.ndarray:
+    """uint8 (n, 3, size, size): a filled disc or square at a random place and angle on a noisy background of a
+    random colour (the kind of competition whose class has no place and no up)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        img = np.clip(rng.normal(rng.uniform(40, 200, 3), 12, (size, size, 3)), 0, 255).astype(np.uint8)
+        r = rng.uniform(0.12, 0.3) * size
+        c = rng.uniform(r, size - r, 2)
+        colour = tuple(int(v) for v in rng.integers(0, 256, 3))
+        if i % 2:
+            cv2.circle(img, (int(c[0]), int(c[1])), int(r), colour, -1)
+        else:
+            box = cv2.boxPoints(((float(c[0]), float(c[1])), (1.4 * r, 1.4 * r), float(rng.uniform(0, 90))))
+            cv2.fillPoly(img, [box.astype(np.int32)], colour)
+        out.append(img.transpose(2, 0, 1))
+    return np.stack(out)
+
+
+def centred_upright(n: int, size: int = 32, seed: int = 0) -> np.ndarray:
+    """uint8 (n, 1, size, size): an upright bar or box in the middle of a dark background (Fashion-MNIST's kind)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        img = rng.integers(0, 30, (size, size), dtype=np.uint8)
+        h, w = (size // 2, size // 6) if i % 2 else (size // 3, size // 2)
+        img[(size - h) // 2:(size + h) // 2, (size - w) // 2:(size + w) // 2] = 200
+        out.append(img[None])
+    return np.stack(out)
+
+
+AUG_OPTIONS = {"rotate", "translate"}
+
+
+def test_scattered_objects_get_shifts_and_every_angle():
+    pixels = scattered_shapes(120)
+    flatness, anisotropy = recipe.layout_stats(pixels, np.arange(120))
+    assert flatness < recipe.FLAT_AVERAGE and anisotropy < recipe.ISOTROPIC_EDGES
+    rotate, translate, why = recipe.choose_augmentation(0.0, 0, 32, pixels, np.arange(120), AUG_OPTIONS)
+    assert (rotate, translate) == (180.0, 3)
+    assert "flat" in why["translate"] and "no preferred direction" in why["rotate"]
+
+
+def test_centred_upright_images_keep_the_scripts_augmentation():
+    pixels = centred_upright(120)
+    flatness, anisotropy = recipe.layout_stats(pixels, np.arange(120))
+    assert flatness > recipe.FLAT_AVERAGE and anisotropy > recipe.ISOTROPIC_EDGES
+    assert recipe.choose_augmentation(0.0, 2, 32, pixels, np.arange(120), AUG_OPTIONS) == (0.0, 2, {})
+
+
+def test_given_augmentation_flags_are_kept_on_scattered_objects():
+    pixels = scattered_shapes(60)
+    assert recipe.choose_augmentation(10.0, 1, 32, pixels, np.arange(60), set()) == (10.0, 1, {})
+    rotate, translate, why = recipe.choose_augmentation(10.0, 1, 32, pixels, np.arange(60), {"translate"})
+    assert (rotate, translate) == (10.0, 3) and set(why) == {"translate"}
+
+
+def test_layout_is_read_from_the_training_split_only():
+    # The training indices are scattered objects, the others (validation) centred: only the first count.
+    pixels = np.concatenate([scattered_shapes(60), np.repeat(centred_upright(60), 3, axis=1)])
+    rotate, translate, _ = recipe.choose_augmentation(0.0, 0, 32, pixels, np.arange(60), AUG_OPTIONS)
+    assert (rotate, translate) == (180.0, 3)
+    assert recipe.choose_augmentation(0.0, 0, 32, pixels, np.arange(60, 120), AUG_OPTIONS) == (0.0, 0, {})
+
+
+# ----------------------------------------------------------------------------------------------
 # From the command line
 # ----------------------------------------------------------------------------------------------
 
