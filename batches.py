@@ -269,12 +269,14 @@ def prefetch(batches, device: torch.device, depth: int = 2):
 
 @dataclass
 class Augment:
-    """Batch augmentation on the training device: random horizontal flip, rotation, translation and random
+    """Batch augmentation on the training device: random horizontal flip, flips and right-angle turns (dihedral),
+    rotation, translation and random
     erasing (Zhong et al., https://arxiv.org/abs/1708.04896), each drawn per image."""
     hflip: bool = True
     rotate: float = 0.0  # maximum angle in degrees, either way
     translate: int = 0  # maximum shift in whole pixels, either way (the edge fills with the image mirrored)
     erase: float = 0.0  # probability of erasing one random rectangle of an image with noise
+    dihedral: bool = False  # random vertical flips and right-angle turns (with hflip: all 8 orientations)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x: float images in 0..1, (B, C, H, W)."""
@@ -282,6 +284,12 @@ class Augment:
         if self.hflip:
             flip = torch.rand(b, device=x.device) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(3), x)
+        if self.dihedral:  # exact: no interpolation, nothing comes in at the edges
+            flip = torch.rand(b, device=x.device) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(2), x)
+            if h == w:
+                turn = torch.rand(b, device=x.device) < 0.5
+                x = torch.where(turn[:, None, None, None], x.transpose(2, 3), x)
         if self.rotate > 0 or self.translate > 0:
             angle = (torch.rand(b, device=x.device) * 2 - 1) * math.radians(self.rotate)
             cos, sin = torch.cos(angle), torch.sin(angle)

@@ -56,6 +56,8 @@ class TrainConfig:
     grad_clip: float = _opt(0.0, "clip the gradient norm to this value (0: off)")
     val_split: float = _opt(0.1, "stratified hold-out fraction; 0 trains on everything")
     hflip: bool = _opt(True, "random horizontal flips")
+    dihedral: bool = _opt(False, "random vertical flips and right-angle turns (with --hflip: all 8 orientations); when "
+                               "not given, on where the images have no up (recipe.py)")
     # Off: the demo's garments are upright; flips helped, rotations did not.
     rotate: float = _opt(0.0, "random rotation up to this many degrees either way (0: off)")
     translate: int = _opt(0, "random shift up to this many pixels either way (0: off)")
@@ -179,7 +181,7 @@ RESUMABLE_CHANGES = {"epochs", "stop_at_epoch", "progress", "resume", "device", 
 
 
 # The options that follow the data when not given on the command line (recipe.py); a resumed run keeps its own.
-FOLLOW_DATA = ("batch_size", "lr", "epochs", "rotate", "translate")
+FOLLOW_DATA = ("batch_size", "lr", "epochs", "dihedral", "translate")
 
 
 def build_parser(arch: str, defaults: dict) -> argparse.ArgumentParser:

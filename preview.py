@@ -63,7 +63,7 @@ def describe_augment(augment: data.Augment) -> str:
 def save_data_preview(root: str | Path, out: str | Path | None = None, per_class: int = 4,
                       img_size: int | None = None, seed: int = 0, **layout) -> Path:
     """Draw `per_class` training images of each class of the dataset folder `root` after decoding and
-    augmentation (TrainConfig's defaults, the rotation and shift as the images' layout chooses them; `img_size`
+    augmentation (TrainConfig's defaults, the orientations and shifts as the images' layout chooses them; `img_size`
     None: as a new run chooses it too) into the PNG `out` (None:
     `default_preview_path`). `layout`: find_labelled_images' options (id_col, label_col, labels_file,
     train_dir, multi_label). The images are decoded into the cache training uses."""
@@ -83,11 +83,12 @@ def save_data_preview(root: str | Path, out: str | Path | None = None, per_class
         shown = MAX_CLASSES
     picks = pick_per_class(found.labels, len(found.class_names), per_class, seed, images.bad)[:shown]
     readable = np.setdiff1d(np.arange(len(found.files)), np.array(sorted(images.bad), dtype=int))
-    rotate, translate, why = recipe.choose_augmentation(defaults["rotate"], defaults["translate"], img_size,
-                                                        images.pixels, readable, set(FOLLOW_DATA))
+    dihedral, translate, why = recipe.choose_augmentation(defaults["dihedral"], defaults["translate"], img_size,
+                                                          images.pixels, readable, set(FOLLOW_DATA))
     for text in why.values():  # as a new run chooses them (recipe.py)
         log.info("augmentation: %s", text)
-    augment = data.Augment(defaults["hflip"], rotate, translate, defaults["erase"])
+    augment = data.Augment(hflip=defaults["hflip"], rotate=defaults["rotate"], translate=translate,
+                           erase=defaults["erase"], dihedral=dihedral)
     flat = np.concatenate(picks)
     if len(flat) == 0:
         raise DataError(f"{root}: no readable training image to show")

@@ -192,7 +192,7 @@ def apply_plan(config, plan: Plan):
 
 
 # ----------------------------------------------------------------------------------------------
-# Augmentation: shifts and rotations where the images say the class does not depend on place or angle
+# Augmentation: shifts and orientations where the images say the class does not depend on place or angle
 # ----------------------------------------------------------------------------------------------
 
 # Images the layout is read from (spread over the training split): enough for an average image.
@@ -225,25 +225,27 @@ def layout_stats(pixels: np.ndarray, indices: np.ndarray, sample: int = LAYOUT_S
     return flatness, float(np.abs(moments).max() / max(total, 1e-6))
 
 
-def choose_augmentation(rotate: float, translate: int, img_size: int, pixels: np.ndarray, indices: np.ndarray,
-                        auto: set[str]) -> tuple[float, int, dict]:
-    """The rotation and shift of training augmentation, for each of "rotate" and "translate" in `auto` (not given):
+def choose_augmentation(dihedral: bool, translate: int, img_size: int, pixels: np.ndarray, indices: np.ndarray,
+                        auto: set[str]) -> tuple[bool, int, dict]:
+    """Training augmentation's shifts and orientations, for each of "translate" and "dihedral" in `auto` (not given):
     shifts of a tenth of the side where the training images' average is flat (the class is not in one place), and
-    rotations of any angle where their edges also have no preferred direction (no up: objects at any angle, tiles,
-    textures, micrographs); else the script's. Returns (rotate, translate, option -> why)."""
-    if not auto & {"rotate", "translate"} or len(indices) < 2:
-        return rotate, translate, {}
+    all eight orientations (flips and right-angle turns) where their edges also have no preferred direction (no up:
+    objects at any angle, tiles, textures, micrographs); else the script's. Returns (dihedral, translate,
+    option -> why)."""
+    if not auto & {"dihedral", "translate"} or len(indices) < 2:
+        return dihedral, translate, {}
     flatness, anisotropy = layout_stats(pixels, indices)
     reasons = {}
     seen = f"the training images' average is flat ({flatness:.2f}; under {FLAT_AVERAGE:g})"
     if "translate" in auto and flatness < FLAT_AVERAGE and round(img_size * SHIFT_SHARE) > translate:
         translate = round(img_size * SHIFT_SHARE)
         reasons["translate"] = f"{seen}: the class is not in one place, so the network sees it shifted"
-    if "rotate" in auto and flatness < FLAT_AVERAGE and anisotropy < ISOTROPIC_EDGES and rotate < 180:
-        rotate = 180.0
-        reasons["rotate"] = (f"{seen} and their edges have no preferred direction ({anisotropy:.2f}; under "
-                             f"{ISOTROPIC_EDGES:g}): no up or across, so the network sees every angle")
-    return rotate, translate, reasons
+    if "dihedral" in auto and flatness < FLAT_AVERAGE and anisotropy < ISOTROPIC_EDGES and not dihedral:
+        dihedral = True
+        reasons["dihedral"] = (f"{seen} and their edges have no preferred direction ({anisotropy:.2f}; under "
+                               f"{ISOTROPIC_EDGES:g}): no up or across, so the network sees each image in all 8 "
+                               "orientations (flips and right-angle turns)")
+    return dihedral, translate, reasons
 
 
 # ----------------------------------------------------------------------------------------------

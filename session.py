@@ -624,11 +624,11 @@ def prepare_session(config: TrainConfig, rt: Runtime, run_dir: Path | None = Non
 
 def augmentation_for_data(config: TrainConfig, train_data: TrainData, follow_data: frozenset,
                           reasons: dict) -> tuple[TrainConfig, dict]:
-    """A new run's rotation and shift where not given: as the training images' layout suggests
+    """A new run's orientations and shifts where not given: as the training images' layout suggests
     (recipe.choose_augmentation), with the reasons added to `reasons`."""
-    rotate, translate, why = recipe.choose_augmentation(config.rotate, config.translate, config.img_size,
-                                                        train_data.pixels, train_data.train_idx, set(follow_data))
-    return dataclasses.replace(config, rotate=rotate, translate=translate), {**reasons, **why}
+    dihedral, translate, why = recipe.choose_augmentation(config.dihedral, config.translate, config.img_size,
+                                                          train_data.pixels, train_data.train_idx, set(follow_data))
+    return dataclasses.replace(config, dihedral=dihedral, translate=translate), {**reasons, **why}
 
 
 # Fewer validation images of a class than this make its share of the validation score noise.
@@ -702,7 +702,8 @@ def assemble_session(config: TrainConfig, rt: Runtime, run_dir: Path, train_data
     optimizer = build_optimizer(model, config, fused=rt.device.type == "cuda")
     scaler = torch.amp.GradScaler(rt.device.type, enabled=spec.compute.precision == "fp16")  # a no-op unless fp16
     wrapped = wrap_model(model, config, rt)
-    augment = data.Augment(hflip=config.hflip, rotate=config.rotate, translate=config.translate, erase=config.erase)
+    augment = data.Augment(hflip=config.hflip, rotate=config.rotate, translate=config.translate, erase=config.erase,
+                           dihedral=config.dihedral)
     schedule = LRSchedule(config.lr, config.epochs,
                           data.count_batches(len(train_data.train_idx), config.batch_size, drop_last=True),
                           config.warmup_epochs)

@@ -466,7 +466,7 @@ def log_recipe(s: Session, size_from: str | None):
     why = s.recipe.get("img_size") or {"flag": "--img-size", None: "the resumed run's: it cannot change on resuming"}[size_from]
     log.info("image size %d px: %s", config.img_size, why)
     for option, text in (("batch_size", f"batch size {config.batch_size}"), ("lr", f"learning rate {config.lr:g}"),
-                         ("epochs", f"{config.epochs} epochs"), ("rotate", f"rotations up to {config.rotate:g} degrees"),
+                         ("epochs", f"{config.epochs} epochs"), ("dihedral", "all 8 orientations"),
                          ("translate", f"shifts up to {config.translate} px")):
         if option in s.recipe:
             log.info("%s: %s", text, s.recipe[option])

@@ -776,6 +776,23 @@ def test_rotation_on_a_batch():
     assert not torch.allclose(turned, ramp, atol=0.05)  # it does rotate
 
 
+def test_dihedral_gives_all_eight_orientations_exactly():
+    torch.manual_seed(0)
+    x = torch.arange(16.0).reshape(1, 1, 4, 4).repeat(200, 2, 1, 1) / 16  # no two orientations alike
+    out = data.Augment(hflip=True, dihedral=True)(x)
+    views = {}
+    for k in range(4):
+        turned = torch.rot90(x[0], k, (1, 2))
+        views[f"rot{k}"], views[f"rot{k}-flip"] = turned, turned.flip(2)
+    seen = set()
+    for img in out:
+        match = [name for name, view in views.items() if torch.equal(img, view)]
+        assert len(match) == 1  # moved as a whole, without interpolation
+        seen.add(match[0])
+    assert seen == set(views)
+    assert torch.equal(data.Augment(hflip=False, dihedral=False)(x), x)
+
+
 def test_shifts_fill_the_edges_with_the_image_mirrored_not_black():
     # A black band's straight edges and corner look like shapes' features: a CNN on objects placed at random learnt
     # them from every shifted image (bench/competitions.py objects, --translate 3: 69% test accuracy with black edges).

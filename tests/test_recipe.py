@@ -332,38 +332,38 @@ def centred_upright(n: int, size: int = 32, seed: int = 0) -> np.ndarray:
     return np.stack(out)
 
 
-AUG_OPTIONS = {"rotate", "translate"}
+AUG_OPTIONS = {"dihedral", "translate"}
 
 
-def test_scattered_objects_get_shifts_and_every_angle():
+def test_scattered_objects_get_shifts_and_all_orientations():
     pixels = scattered_shapes(120)
     flatness, anisotropy = recipe.layout_stats(pixels, np.arange(120))
     assert flatness < recipe.FLAT_AVERAGE and anisotropy < recipe.ISOTROPIC_EDGES
-    rotate, translate, why = recipe.choose_augmentation(0.0, 0, 32, pixels, np.arange(120), AUG_OPTIONS)
-    assert (rotate, translate) == (180.0, 3)
-    assert "flat" in why["translate"] and "no preferred direction" in why["rotate"]
+    dihedral, translate, why = recipe.choose_augmentation(False, 0, 32, pixels, np.arange(120), AUG_OPTIONS)
+    assert (dihedral, translate) == (True, 3)
+    assert "flat" in why["translate"] and "no preferred direction" in why["dihedral"]
 
 
 def test_centred_upright_images_keep_the_scripts_augmentation():
     pixels = centred_upright(120)
     flatness, anisotropy = recipe.layout_stats(pixels, np.arange(120))
     assert flatness > recipe.FLAT_AVERAGE and anisotropy > recipe.ISOTROPIC_EDGES
-    assert recipe.choose_augmentation(0.0, 2, 32, pixels, np.arange(120), AUG_OPTIONS) == (0.0, 2, {})
+    assert recipe.choose_augmentation(False, 2, 32, pixels, np.arange(120), AUG_OPTIONS) == (False, 2, {})
 
 
 def test_given_augmentation_flags_are_kept_on_scattered_objects():
     pixels = scattered_shapes(60)
-    assert recipe.choose_augmentation(10.0, 1, 32, pixels, np.arange(60), set()) == (10.0, 1, {})
-    rotate, translate, why = recipe.choose_augmentation(10.0, 1, 32, pixels, np.arange(60), {"translate"})
-    assert (rotate, translate) == (10.0, 3) and set(why) == {"translate"}
+    assert recipe.choose_augmentation(False, 1, 32, pixels, np.arange(60), set()) == (False, 1, {})
+    dihedral, translate, why = recipe.choose_augmentation(False, 1, 32, pixels, np.arange(60), {"translate"})
+    assert (dihedral, translate) == (False, 3) and set(why) == {"translate"}
 
 
 def test_layout_is_read_from_the_training_split_only():
     # The training indices are scattered objects, the others (validation) centred: only the first count.
     pixels = np.concatenate([scattered_shapes(60), np.repeat(centred_upright(60), 3, axis=1)])
-    rotate, translate, _ = recipe.choose_augmentation(0.0, 0, 32, pixels, np.arange(60), AUG_OPTIONS)
-    assert (rotate, translate) == (180.0, 3)
-    assert recipe.choose_augmentation(0.0, 0, 32, pixels, np.arange(60, 120), AUG_OPTIONS) == (0.0, 0, {})
+    dihedral, translate, _ = recipe.choose_augmentation(False, 0, 32, pixels, np.arange(60), AUG_OPTIONS)
+    assert (dihedral, translate) == (True, 3)
+    assert recipe.choose_augmentation(False, 0, 32, pixels, np.arange(60, 120), AUG_OPTIONS) == (False, 0, {})
 
 
 # ----------------------------------------------------------------------------------------------
