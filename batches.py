@@ -269,9 +269,9 @@ def prefetch(batches, device: torch.device, depth: int = 2):
 
 @dataclass
 class Augment:
-    """Batch augmentation on the training device: random horizontal flip, flips and right-angle turns (dihedral),
-    rotation, translation and random
-    erasing (Zhong et al., https://arxiv.org/abs/1708.04896), each drawn per image."""
+    """Batch augmentation on the training device: random horizontal flip, vertical flip and right-angle turn
+    (dihedral), rotation, translation and random erasing (Zhong et al., https://arxiv.org/abs/1708.04896), each
+    drawn per image."""
     hflip: bool = True
     rotate: float = 0.0  # maximum angle in degrees, either way
     translate: int = 0  # maximum shift in whole pixels, either way (the edge fills with the image mirrored)

@@ -460,8 +460,8 @@ def record_start(s: Session, start_epoch: int, resuming: bool, choice: dict | No
 
 
 def log_recipe(s: Session, size_from: str | None):
-    """The log lines that say which image size, batch size, learning rate, epochs and augmentation the run trains with, and why
-    (chosen for the data, given as flags, or the resumed run's own)."""
+    """The log lines that say which image size, batch size, learning rate, epochs and augmentation the run trains
+    with, and why (chosen for the data, given as flags, or the resumed run's own)."""
     config = s.config
     why = s.recipe.get("img_size") or {"flag": "--img-size", None: "the resumed run's: it cannot change on resuming"}[size_from]
     log.info("image size %d px: %s", config.img_size, why)
