@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -28,7 +28,7 @@ import data
 from config import MIN_IMG_SIZE
 from errors import DataError
 from fileio import atomic_write
-from models import MODELS, build_model
+from models import MODEL_OPTIONS, MODELS, build_model
 from compute import ComputeFormat
 
 log = logging.getLogger("imgcomp")
@@ -55,9 +55,11 @@ class ModelSpec:
     # Multi-label: each tag's decision threshold, fitted for the run's metric on the validation images at the best
     # epoch (None: 0.5 each).
     thresholds: list[float] | None = None
+    # The architecture's own options it was built with (the CNN's head_pool); {}: its builder's defaults.
+    model_options: dict = field(default_factory=dict)
 
     def build(self) -> nn.Module:
-        return build_model(self.arch, len(self.class_names), self.channels, self.img_size)
+        return build_model(self.arch, len(self.class_names), self.channels, self.img_size, **self.model_options)
 
     def preprocess(self) -> data.Preprocess:
         """The model's input from uint8 images, as in training (without the augmentation)."""
@@ -157,7 +159,7 @@ def read_spec(checkpoint: dict) -> ModelSpec:
 
 CHANNELS = (1, 3, 4)  # what data.py decodes: gray, colour, colour with alpha
 _SPEC_FIELDS = {f.name: f for f in fields(ModelSpec)}
-_REQUIRED_SPEC = [name for name, f in _SPEC_FIELDS.items() if f.default is MISSING]
+_REQUIRED_SPEC = [name for name, f in _SPEC_FIELDS.items() if f.default is MISSING and f.default_factory is MISSING]
 # What the rest of a checkpoint holds, by type (predict.py, ensembles and --resume read them).
 _RECORD_TYPES = {"model": dict, "config": dict, "epoch": int, "history": list, "best_epoch": int, "val_files": list,
                  "best_val_acc": float, "train_time": float}
@@ -231,6 +233,12 @@ def _format_problems(spec: dict, channels: int | None) -> list[str]:
     for key in ("hflip", "multi_label"):
         if key in spec and not isinstance(spec[key], bool):
             problems.append(f"{key} {_shown(spec[key])}: expected true or false")
+    options = spec.get("model_options", {})
+    if not (isinstance(options, dict) and all(isinstance(k, str) for k in options)):
+        problems.append(f"model options {_shown(options)}: expected a mapping of the architecture's options")
+    elif any(MODEL_OPTIONS.get(k) != spec.get("arch") for k in options):
+        others = [k for k in options if MODEL_OPTIONS.get(k) != spec.get("arch")]
+        problems.append(f"model option(s) {', '.join(map(repr, others))} are not options of {spec.get('arch')!r}")
     thresholds, names = spec.get("thresholds"), spec.get("class_names")
     if thresholds is not None and not (isinstance(thresholds, list) and all(_is_number(t) and 0 <= t <= 1
                                                                             for t in thresholds)
@@ -299,7 +307,8 @@ def _shown(value, limit: int = 60) -> str:
 def describe_spec(spec: ModelSpec) -> str:
     """"a cnn of 3 classes, 1 channel(s), 16 px": the model a spec builds, for messages."""
     return (f"a {spec.arch} of {len(spec.class_names)} {'tags' if spec.multi_label else 'classes'}, "
-            f"{spec.channels} channel(s), {spec.img_size} px")
+            f"{spec.channels} channel(s), {spec.img_size} px"
+            + "".join(f", {name} {value!r}" for name, value in spec.model_options.items()))
 
 
 def load_weights(model: nn.Module, weights: dict, path: str | Path, model_desc: str, what: str = "its weights"):
@@ -340,14 +349,17 @@ def model_from_checkpoint(checkpoint: dict, path: str | Path = "checkpoint") -> 
     return model
 
 
-def load_resumable(path: str | Path, arch: str, img_size: int) -> dict:
+def load_resumable(path: str | Path, arch: str, img_size: int, options: dict) -> dict:
     """The last.pt of a run to resume (`load_checkpoint` with its training state), refused when its spec is not the
-    run's (its config.json: `arch` at `img_size`)."""
+    run's (its config.json: `arch` at `img_size` with the model `options`; a spec without an option was built with
+    the builder's default, as a config.json without it says)."""
     checkpoint = load_checkpoint(path, resumable=True)
     spec = read_spec(checkpoint)
-    if (spec.arch, spec.img_size) != (arch, img_size):
-        raise DataError(f"{path} holds a {spec.arch} at {spec.img_size} px, and the run's config.json says {arch} at "
-                        f"{img_size} px: the checkpoint is not this run's (edited, or copied from another run?)")
+    differ = {k: v for k, v in spec.model_options.items() if options.get(k) != v}
+    if (spec.arch, spec.img_size) != (arch, img_size) or differ:
+        said = "".join(f", {k} {options.get(k)!r}" for k in differ)
+        raise DataError(f"{path} holds {describe_spec(spec)}, and the run's config.json says a {arch} at {img_size} "
+                        f"px{said}: the checkpoint is not this run's (edited, or copied from another run?)")
     return checkpoint
 
 

@@ -20,7 +20,7 @@ import cli
 from errors import DataError, OptionError, flag
 from fileio import atomic_write_text
 from metrics import METRICS, check_metric
-from models import MODELS, WEIGHTS
+from models import MODEL_OPTIONS, MODELS, WEIGHTS
 from models.weights import find_weight_file
 from runtime import check_device
 
@@ -58,6 +58,10 @@ class TrainConfig:
     hflip: bool = _opt(True, "random horizontal flips")
     dihedral: bool = _opt(False, "random vertical flips and right-angle turns (with --hflip: all 8 orientations); when "
                                "not given, on where the images have no up (recipe.py)")
+    head_pool: str = _opt("global", "the CNN's dense layers see each feature's average and maximum over the image and "
+                                    "its quadrants ('global': objects anywhere) or the last feature map itself ('map': "
+                                    "things in place); when not given, 'map' where the training images' average is not "
+                                    "flat (recipe.py)", choices=["global", "map"])
     # Off: the demo's garments are upright; flips helped, rotations did not.
     rotate: float = _opt(0.0, "random rotation up to this many degrees either way (0: off)")
     translate: int = _opt(0, "random shift up to this many pixels either way (0: off)")
@@ -181,7 +185,8 @@ RESUMABLE_CHANGES = {"epochs", "stop_at_epoch", "progress", "resume", "device", 
 
 
 # The options that follow the data when not given on the command line (recipe.py); a resumed run keeps its own.
-FOLLOW_DATA = ("batch_size", "lr", "epochs", "dihedral", "translate")
+FOLLOW_DATA = ("batch_size", "lr", "epochs", "dihedral", "translate", "head_pool")
+
 
 
 def build_parser(arch: str, defaults: dict) -> argparse.ArgumentParser:
@@ -322,6 +327,10 @@ def check_config(config: TrainConfig):
     if config.pretrained and config.arch not in WEIGHTS:  # before --norm-stats, which follows from --pretrained
         raise OptionError(f"{config.arch} has no pretrained weights: it trains from scratch", option="pretrained",
                           value=config.pretrained, fix="train without {flag}")
+    for name, arch in MODEL_OPTIONS.items():
+        if config.arch != arch and getattr(config, name) != TrainConfig.__dataclass_fields__[name].default:
+            raise OptionError(f"an option of the {arch} only (models/{arch}.py), not of {config.arch}",
+                              option=name, value=getattr(config, name), fix="train without {flag}")
     if config.norm_stats == "weights" and not config.pretrained:
         raise OptionError("--norm-stats weights needs --pretrained (weights whose normalisation to use)")
     if not config.resume:  # a resumed run starts from its own last.pt: these files were read when it began

@@ -83,8 +83,9 @@ def save_data_preview(root: str | Path, out: str | Path | None = None, per_class
         shown = MAX_CLASSES
     picks = pick_per_class(found.labels, len(found.class_names), per_class, seed, images.bad)[:shown]
     readable = np.setdiff1d(np.arange(len(found.files)), np.array(sorted(images.bad), dtype=int))
+    layout = recipe.layout_stats(images.pixels, readable)
     dihedral, translate, why = recipe.choose_augmentation(defaults["dihedral"], defaults["translate"], img_size,
-                                                          images.pixels, readable, set(FOLLOW_DATA))
+                                                          layout, set(FOLLOW_DATA))
     for text in why.values():  # as a new run chooses them (recipe.py)
         log.info("augmentation: %s", text)
     augment = data.Augment(hflip=defaults["hflip"], rotate=defaults["rotate"], translate=translate,

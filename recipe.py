@@ -225,16 +225,14 @@ def layout_stats(pixels: np.ndarray, indices: np.ndarray, sample: int = LAYOUT_S
     return flatness, float(np.abs(moments).max() / max(total, 1e-6))
 
 
-def choose_augmentation(dihedral: bool, translate: int, img_size: int, pixels: np.ndarray, indices: np.ndarray,
+def choose_augmentation(dihedral: bool, translate: int, img_size: int, layout: tuple[float, float],
                         auto: set[str]) -> tuple[bool, int, dict]:
-    """Training augmentation's shifts and orientations, for each of "translate" and "dihedral" in `auto` (not given):
-    shifts of a tenth of the side where the training images' average is flat (the class is not in one place), and
-    all eight orientations (flips and right-angle turns) where their edges also have no preferred direction (no up:
-    objects at any angle, tiles, textures, micrographs); else the script's. Returns (dihedral, translate,
-    option -> why)."""
-    if not auto & {"dihedral", "translate"} or len(indices) < 2:
-        return dihedral, translate, {}
-    flatness, anisotropy = layout_stats(pixels, indices)
+    """Training augmentation's shifts and orientations, for each of "translate" and "dihedral" in `auto` (not given),
+    from the training images' `layout` (flatness, anisotropy: `layout_stats`): shifts of a tenth of the side where
+    their average is flat (the class is not in one place), and all eight orientations (flips and right-angle turns)
+    where their edges also have no preferred direction (no up: objects at any angle, tiles, textures, micrographs);
+    else the script's. Returns (dihedral, translate, option -> why)."""
+    flatness, anisotropy = layout
     reasons = {}
     seen = f"the training images' average is flat ({flatness:.2f}; under {FLAT_AVERAGE:g})"
     if "translate" in auto and flatness < FLAT_AVERAGE and round(img_size * SHIFT_SHARE) > translate:
@@ -246,6 +244,23 @@ def choose_augmentation(dihedral: bool, translate: int, img_size: int, pixels: n
                                f"{ISOTROPIC_EDGES:g}): no up or across, so the network sees each image in all 8 "
                                "orientations (flips and right-angle turns)")
     return dihedral, translate, reasons
+
+
+def choose_head_pool(head_pool: str, layout: tuple[float, float], auto: set[str]) -> tuple[str, dict]:
+    """The CNN's head (models/cnn.py) when "head_pool" is in `auto`: the last feature map itself ("map") where the
+    training images' average is not flat (things sit in place, so where a feature is found tells the classes apart:
+    Fashion-MNIST's garments), else global pooling ("global": objects anywhere). Returns (head_pool, option -> why)."""
+    flatness = layout[0]
+    if "head_pool" not in auto:
+        return head_pool, {}
+    chosen = "map" if flatness >= FLAT_AVERAGE else "global"
+    if chosen == "map":
+        why = (f"the training images' average is not flat ({flatness:.2f}; {FLAT_AVERAGE:g} or more): things sit in "
+               "place, so the dense layers see the whole last feature map (where each feature is)")
+    else:
+        why = (f"the training images' average is flat ({flatness:.2f}; under {FLAT_AVERAGE:g}): the class is not in "
+               "one place, so the dense layers see each feature's average and maximum over the image and its quadrants")
+    return chosen, {"head_pool": why}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -278,6 +293,27 @@ def budget_epochs(budget_s: float, elapsed_s: float, step_s: float, steps: int, 
     if left * BUDGET_SHARE < per_epoch:
         why += "; even one epoch does not fit: it trains one"
     return epochs, why
+
+
+# On a CPU, the epochs a new run's recipe adds for small data (`choose_epochs`) stop at what fits this many minutes
+# from the process's start, measured on its first epoch; never below the script's own epochs. (ResNet-18's 1000
+# steps at 32 px take 7-8 minutes on an AVX-512/AMX CPU and about 3x that on an AVX2-only one.)
+CPU_ADDED_EPOCHS_MINUTES = 9.0
+
+
+def cap_added_epochs(minutes: float, elapsed_s: float, epochs_done: int, epoch_s: float, planned: int,
+                     floor: int) -> tuple[int, str | None]:
+    """The epochs of a run whose recipe raised them to `planned` (from the script's `floor`), after `epochs_done`
+    epochs measured at `epoch_s` seconds each: those that fit `minutes` from the start, at least `floor`, at most
+    `planned`; with the sentence the log states (None: all fit)."""
+    fit = replan_epochs(minutes * 60, elapsed_s, epochs_done, epoch_s, planned)
+    if fit >= planned:
+        return planned, None
+    epochs = max(floor, fit)
+    return epochs, (f"{epochs} epochs: the {planned} raised for small data would take about "
+                    f"{(elapsed_s + (planned - epochs_done) * epoch_s) / 60:.0f} minutes on this CPU (epoch "
+                    f"{epochs_done} took {epoch_s:.1f} s); on a CPU the added epochs stop at what fits "
+                    f"{minutes:g} minutes (at least the script's {floor}); give --epochs or --time-budget for more")
 
 
 def replan_epochs(budget_s: float, elapsed_s: float, epochs_done: int, epoch_s: float, planned: int) -> int:

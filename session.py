@@ -34,7 +34,7 @@ from config import MIN_BATCH, MIN_IMG_SIZE, TrainConfig, default_run_name
 from errors import DataError, OptionError, SetupError, UsageError
 from fileio import atomic_write_text
 from images import label_text
-from models import WEIGHTS, build_model, head_name
+from models import MODEL_OPTIONS, WEIGHTS, build_model, head_name
 from runtime import Runtime, compile_model, seconds_since_start
 
 log = logging.getLogger("imgcomp")
@@ -198,6 +198,9 @@ class Session:
     dataset_key: str = ""  # fingerprint of the training files and labels (`dataset_key`)
     schedule_change: dict | None = None  # the part a resume that changed --epochs added (`resumed_schedule`)
     recipe: dict = field(default_factory=dict)  # option -> why a new run took the value it did (recipe.py)
+    # A new run on a CPU whose epochs the recipe raised for small data: (minutes, the script's epochs): after epoch 1
+    # the added epochs stop at what fits the minutes (recipe.cap_added_epochs).
+    epoch_cap: tuple[float, int] | None = None
 
     @property
     def eval_model(self) -> nn.Module:
@@ -507,7 +510,8 @@ def build_network(config: TrainConfig, classes: int, channels: int, pretrained: 
     `pretrained` weights (falsy: none), checked on a batch of that size. The models state facts: an error that
     names no option gains here the flags it is about."""
     try:
-        model = build_model(config.arch, classes, channels, config.img_size, pretrained=pretrained)
+        model = build_model(config.arch, classes, channels, config.img_size, pretrained=pretrained,
+                            **model_options(config))
     except UsageError:
         raise  # it names its option (WeightsError: --pretrained), which the command line spells
     except ValueError as e:  # e.g. no published weights for these settings
@@ -581,16 +585,19 @@ def prepare_session(config: TrainConfig, rt: Runtime, run_dir: Path | None = Non
     torch.manual_seed(config.seed)
     resume = None
     if config.resume:
-        resume = load_resumable(Path(config.resume) / "last.pt", config.arch, config.img_size)
+        resume = load_resumable(Path(config.resume) / "last.pt", config.arch, config.img_size, model_options(config))
     run_dir = run_dir or run_dir_for(config)
     config = dataclasses.replace(config, name=run_dir.name)  # the name config.json and the checkpoints record
     found = find_training_images(config, rt)
     config, reasons = choose_image_size(config, found, rt)
     train_data = load_train_data(config, rt, found)
+    script_epochs, cap = config.epochs, None
     if not resume:
         plan = recipe.fit_schedule(config, len(train_data.train_idx), rt.world_size, set(follow_data))
         config, reasons = recipe.apply_plan(config, plan), {**reasons, **plan.reasons}
-        config, reasons = augmentation_for_data(config, train_data, follow_data, reasons)
+        if "epochs" in plan.reasons and rt.device.type == "cpu":
+            cap = (recipe.CPU_ADDED_EPOCHS_MINUTES, script_epochs)
+        config, reasons = layout_for_data(config, train_data, follow_data, reasons)
     check_batch_size(config, rt.world_size)
     check_training_split(config, len(train_data.train_idx), rt.world_size)
     if rt.is_main:
@@ -611,24 +618,37 @@ def prepare_session(config: TrainConfig, rt: Runtime, run_dir: Path | None = Non
         compute, choice = measured_format(config, rt, model, train_data, data.Preprocess(mean, std))
     model.to(memory_format=compute.memory_format)
     spec = ModelSpec(config.arch, list(train_data.class_names), config.img_size, channels, mean, std, compute,
-                     config.hflip, train_data.multi_label, resume["spec"].get("thresholds") if resume else None)
+                     config.hflip, train_data.multi_label, resume["spec"].get("thresholds") if resume else None,
+                     model_options(config))
     if config.time_budget and not resume:
         config, reasons = plan_budget(config, rt, choice, model, train_data, data.Preprocess(mean, std), reasons)
     s = assemble_session(config, rt, run_dir, train_data, spec, model, key)
-    s.recipe = reasons
+    s.recipe, s.epoch_cap = reasons, cap
     if resume:
         restore_run(s, resume)
         s.schedule, s.schedule_change = resumed_schedule(config, resume, s.schedule.steps_per_epoch)
     return s, resume, choice
 
 
-def augmentation_for_data(config: TrainConfig, train_data: TrainData, follow_data: frozenset,
-                          reasons: dict) -> tuple[TrainConfig, dict]:
-    """A new run's orientations and shifts where not given: as the training images' layout suggests
-    (recipe.choose_augmentation), with the reasons added to `reasons`."""
-    dihedral, translate, why = recipe.choose_augmentation(config.dihedral, config.translate, config.img_size,
-                                                          train_data.pixels, train_data.train_idx, set(follow_data))
-    return dataclasses.replace(config, dihedral=dihedral, translate=translate), {**reasons, **why}
+def layout_for_data(config: TrainConfig, train_data: TrainData, follow_data: frozenset,
+                    reasons: dict) -> tuple[TrainConfig, dict]:
+    """A new run's orientations, shifts and (the CNN's) head pooling where not given: as the training images'
+    layout suggests (recipe.layout_stats), with the reasons added to `reasons`."""
+    auto = set(follow_data) & {"dihedral", "translate"} | ({"head_pool"} & follow_data if config.arch == "cnn" else set())
+    if not auto or len(train_data.train_idx) < 2:
+        return config, reasons
+    layout = recipe.layout_stats(train_data.pixels, train_data.train_idx)
+    dihedral, translate, why = recipe.choose_augmentation(config.dihedral, config.translate, config.img_size, layout,
+                                                          auto)
+    head_pool, why_head = recipe.choose_head_pool(config.head_pool, layout, auto)
+    config = dataclasses.replace(config, dihedral=dihedral, translate=translate, head_pool=head_pool)
+    return config, {**reasons, **why, **why_head}
+
+
+def model_options(config: TrainConfig) -> dict:
+    """The options of `config` its architecture's builder takes (models.MODEL_OPTIONS), as the checkpoint records
+    them."""
+    return {name: getattr(config, name) for name, arch in MODEL_OPTIONS.items() if arch == config.arch}
 
 
 # Fewer validation images of a class than this make its share of the validation score noise.

@@ -372,8 +372,10 @@ def _train_run(config: TrainConfig, rt: Runtime, script_defaults: dict, run_dir:
                 check_finite(s, epoch, val)
             except Diverged as e:
                 raise diverged(s, epoch, e) from None
-            if s.config.time_budget and epoch == 1:  # before epoch 1's checkpoint records the schedule
+            if epoch == 1 and s.config.time_budget:  # before epoch 1's checkpoint records the schedule
                 replan_for_budget(s, epoch, time.perf_counter() - began)
+            if epoch == CAP_AT_EPOCH and s.epoch_cap:
+                cap_epochs(s, epoch, time.perf_counter() - began)
             row, improved = record_epoch(s, epoch, result, val)
             if rt.is_main:
                 write_epoch(s, epoch, row, val, improved, curves)
@@ -392,19 +394,43 @@ def replan_for_budget(s: Session, epoch: int, epoch_s: float):
     fits in the budget, when they differ from the plan made from the trial's step time; rank 0 decides for all."""
     planned = s.config.epochs
     epochs = recipe.replan_epochs(s.config.time_budget * 60, seconds_since_start(), epoch, epoch_s, planned)
+    if change_epochs(s, epochs) and s.rt.is_main:
+        log.info("time budget: %d epochs instead of %d (epoch %d took %.1f s; %.0f s of %g minutes spent)",
+                 s.config.epochs, planned, epoch, epoch_s, seconds_since_start(), s.config.time_budget)
+
+
+# The epoch after which a CPU run's added epochs are capped (`Session.epoch_cap`): the first is often slower (the
+# kernels are built in its first steps).
+CAP_AT_EPOCH = 2
+
+
+def cap_epochs(s: Session, epoch: int, epoch_s: float):
+    """On a CPU, after epoch CAP_AT_EPOCH of a new run whose recipe raised the epochs: those the measured epoch
+    fits in recipe.CPU_ADDED_EPOCHS_MINUTES (`recipe.cap_added_epochs`); rank 0 decides for all."""
+    minutes, floor = s.epoch_cap
+    epochs, why = recipe.cap_added_epochs(minutes, seconds_since_start(), epoch, epoch_s, s.config.epochs, floor)
+    if change_epochs(s, epochs):
+        s.recipe = {**s.recipe, "epochs": why or f"{s.config.epochs} epochs, as rank 0 capped them"}
+        if s.rt.is_main:
+            runs.update_run_info(s.run_dir, recipe=s.recipe)
+            log.info("%s", why)
+
+
+def change_epochs(s: Session, epochs: int) -> bool:
+    """The run's epochs (and its schedule) set to `epochs` as rank 0 decided them, recorded in config.json and
+    run.json; False when they do not change."""
     if s.rt.distributed:
         box = [epochs]
         dist.broadcast_object_list(box, src=0)
         epochs = box[0]
-    if epochs == planned:
-        return
+    if epochs == s.config.epochs:
+        return False
     s.config = dataclasses.replace(s.config, epochs=epochs)
     s.schedule.epochs = epochs
     if s.rt.is_main:
         save_config(s.config, s.run_dir)
         runs.update_run_info(s.run_dir, epochs=epochs)
-        log.info("time budget: %d epochs instead of %d (epoch %d took %.1f s; %.0f s of %g minutes spent)", epochs,
-                 planned, epoch, epoch_s, seconds_since_start(), s.config.time_budget)
+    return True
 
 
 def resumed_position(s: Session, resume: dict | None) -> tuple[int, int, dict | None]:
@@ -467,7 +493,8 @@ def log_recipe(s: Session, size_from: str | None):
     log.info("image size %d px: %s", config.img_size, why)
     for option, text in (("batch_size", f"batch size {config.batch_size}"), ("lr", f"learning rate {config.lr:g}"),
                          ("epochs", f"{config.epochs} epochs"), ("dihedral", "all 8 orientations"),
-                         ("translate", f"shifts up to {config.translate} px")):
+                         ("translate", f"shifts up to {config.translate} px"),
+                         ("head_pool", f"head pooling {config.head_pool!r}")):
         if option in s.recipe:
             log.info("%s: %s", text, s.recipe[option])
 

@@ -13,12 +13,14 @@ from torch import nn
 
 from .weights import WeightsError, WeightsInfo
 
-__all__ = ["MODELS", "WEIGHTS", "WeightsError", "WeightsInfo", "build_model", "head_name"]
+__all__ = ["MODELS", "MODEL_OPTIONS", "WEIGHTS", "WeightsError", "WeightsInfo", "build_model", "head_name"]
 
 # Each architecture's module is imported when it is first used: timm and torchvision (seconds of start-up)
 # are imported only by the runs that need them.
 ARCHS = ("cnn", "alexnet", "resnet", "rexnet", "coatnet")
 PRETRAINED = ("alexnet", "resnet", "rexnet", "coatnet")  # those with published weights (the CNN has none)
+# Options of one architecture's builder (training's flags of the same names; checkpoints record them): option -> arch.
+MODEL_OPTIONS = {"head_pool": "cnn"}
 
 
 def _module(arch: str):

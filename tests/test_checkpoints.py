@@ -108,6 +108,7 @@ EDITS = [
     ("std of zero", _set_spec("std", [0.0]), "std [0.0]"),
     ("thresholds of other length", _set_spec("thresholds", [0.5]), "thresholds [0.5]"),
     ("flag not a bool", _set_spec("hflip", "yes"), "hflip 'yes'"),
+    ("model options not a mapping", _set_spec("model_options", ["map"]), "model options ['map']"),
     ("epoch not a number", _epoch_text, "'epoch' is 'one', not a whole number"),
 ]
 
@@ -139,8 +140,15 @@ def test_an_edited_last_checkpoint_is_an_error_naming_it_on_resume(paused, tmp_p
     assert (run / "run.json").read_text() == before  # a refused resume leaves the run as it was
 
 
+def _rename_arch(ckpt):
+    ckpt["spec"]["arch"] = "resnet"
+    del ckpt["spec"]["model_options"]  # the CNN's own (its head pooling)
+
+
 @pytest.mark.parametrize("edit,says", [
-    (_set_spec("arch", "resnet"), "holds a resnet at 16 px, and the run's config.json says cnn at 16 px"),
+    (_rename_arch, "holds a resnet of 3 classes, 1 channel(s), 16 px, and the run's config.json says a cnn at 16 px"),
+    (_set_spec("model_options", {"head_pool": "avg"}), "head_pool 'avg', and the run's config.json says a cnn at 16 "
+                                                       "px, head_pool 'map'"),
     (lambda c: c.pop("training"), "no training state"),
     (lambda c: c["training"]["optimizer"].update(param_groups=[]), "optimiser state does not fit"),
     (lambda c: c["training"].update(scaler=[1]), "its training state's 'scaler' is [1], not a dict"),
@@ -154,9 +162,21 @@ def test_resume_refuses_a_last_checkpoint_that_is_not_the_runs(paused, tmp_path,
 
 
 def test_an_architecture_renamed_to_another_one_says_the_weights_do_not_fit(comp, paused, tmp_path):
-    bad = edited(paused / "best.pt", tmp_path / "renamed.pt", _set_spec("arch", "resnet"))
+    bad = edited(paused / "best.pt", tmp_path / "renamed.pt", _rename_arch)
     message = predict_error(bad, "--data", comp)
     assert str(bad) in message and "do not fit a resnet of 3 classes" in message and "missing" in message
+
+
+def test_an_unknown_head_pooling_builds_no_model_in_predict(comp, paused, tmp_path):
+    bad = edited(paused / "best.pt", tmp_path / "pool.pt", _set_spec("model_options", {"head_pool": "avg"}))
+    message = predict_error(bad, "--data", comp)
+    assert str(bad) in message and "builds no model: unknown head pooling 'avg'" in message, message
+
+
+def test_an_architecture_renamed_with_the_cnns_options_names_them(comp, paused, tmp_path):
+    bad = edited(paused / "best.pt", tmp_path / "renamed.pt", _set_spec("arch", "resnet"))
+    message = predict_error(bad, "--data", comp)
+    assert str(bad) in message and "model option(s) 'head_pool' are not options of 'resnet'" in message, message
 
 
 def test_the_command_line_shows_one_error_line_and_no_traceback(comp, paused, tmp_path):

@@ -15,6 +15,7 @@ import torchvision.models._api
 from conftest import ROOT
 from errors import explain
 from models import MODELS, build_model
+from models.cnn import conv_plan
 
 NUM_CLASSES = 7  # not 10, so a hard-coded class count shows up
 SMALL_SIZE = {"coatnet": 32}  # coatnet needs a multiple of 32; the rest start at 28 (MNIST)
@@ -53,6 +54,33 @@ def test_larger_inputs(arch, img_size):
         logits = model(torch.randn(1, 3, img_size, img_size))
     assert logits.shape == (1, NUM_CLASSES)
     assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("img_size,side", [(28, 7), (16, 4), (64, 7), (128, 7)])
+def test_cnn_map_head_sees_the_last_map_at_most_7_across(img_size, side):
+    model = build_model("cnn", NUM_CLASSES, 1, img_size, head_pool="map").eval()
+    chans = conv_plan(img_size)[-1][0]
+    assert model.head[0].in_features == chans * side * side
+    x = torch.randn(2, 1, img_size, img_size)
+    with torch.no_grad():
+        assert model(x).shape == (2, NUM_CLASSES)
+        # Moving the content moves the features the head sees: "map" keeps where things are.
+        assert not torch.allclose(model.forward_features(x), model.forward_features(torch.roll(x, img_size // 2, 3)))
+
+
+def test_cnn_global_head_does_not_depend_on_where_the_map_is_found():
+    model = build_model("cnn", NUM_CLASSES, 1, 32, head_pool="global").eval()
+    assert model.head[0].in_features == 6 * 128  # average, maximum and 4 quadrants of 128 channels
+    feats = torch.zeros(1, 128, 8, 8)
+    feats[0, :, 1, 1] = 1.0
+    moved = torch.zeros(1, 128, 8, 8)
+    moved[0, :, 2, 2] = 1.0  # the same quadrant
+    assert torch.equal(model.pool(feats), model.pool(moved))
+
+
+def test_cnn_refuses_an_unknown_head_pooling():
+    with pytest.raises(ValueError, match="unknown head pooling 'avg'"):
+        build_model("cnn", NUM_CLASSES, 1, 28, head_pool="avg")
 
 
 def test_unknown_arch_names_it_and_the_known_ones():

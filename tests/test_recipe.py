@@ -12,7 +12,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 
+import checkpoint
 import recipe
 import session
 import trainer
@@ -339,7 +341,7 @@ def test_scattered_objects_get_shifts_and_all_orientations():
     pixels = scattered_shapes(120)
     flatness, anisotropy = recipe.layout_stats(pixels, np.arange(120))
     assert flatness < recipe.FLAT_AVERAGE and anisotropy < recipe.ISOTROPIC_EDGES
-    dihedral, translate, why = recipe.choose_augmentation(False, 0, 32, pixels, np.arange(120), AUG_OPTIONS)
+    dihedral, translate, why = recipe.choose_augmentation(False, 0, 32, (flatness, anisotropy), AUG_OPTIONS)
     assert (dihedral, translate) == (True, 3)
     assert "flat" in why["translate"] and "no preferred direction" in why["dihedral"]
 
@@ -348,22 +350,35 @@ def test_centred_upright_images_keep_the_scripts_augmentation():
     pixels = centred_upright(120)
     flatness, anisotropy = recipe.layout_stats(pixels, np.arange(120))
     assert flatness > recipe.FLAT_AVERAGE and anisotropy > recipe.ISOTROPIC_EDGES
-    assert recipe.choose_augmentation(False, 2, 32, pixels, np.arange(120), AUG_OPTIONS) == (False, 2, {})
+    assert recipe.choose_augmentation(False, 2, 32, (flatness, anisotropy), AUG_OPTIONS) == (False, 2, {})
 
 
 def test_given_augmentation_flags_are_kept_on_scattered_objects():
-    pixels = scattered_shapes(60)
-    assert recipe.choose_augmentation(False, 1, 32, pixels, np.arange(60), set()) == (False, 1, {})
-    dihedral, translate, why = recipe.choose_augmentation(False, 1, 32, pixels, np.arange(60), {"translate"})
+    layout = recipe.layout_stats(scattered_shapes(60), np.arange(60))
+    assert recipe.choose_augmentation(False, 1, 32, layout, set()) == (False, 1, {})
+    dihedral, translate, why = recipe.choose_augmentation(False, 1, 32, layout, {"translate"})
     assert (dihedral, translate) == (False, 3) and set(why) == {"translate"}
 
 
 def test_layout_is_read_from_the_training_split_only():
     # The training indices are scattered objects, the others (validation) centred: only the first count.
     pixels = np.concatenate([scattered_shapes(60), np.repeat(centred_upright(60), 3, axis=1)])
-    dihedral, translate, _ = recipe.choose_augmentation(False, 0, 32, pixels, np.arange(60), AUG_OPTIONS)
-    assert (dihedral, translate) == (True, 3)
-    assert recipe.choose_augmentation(False, 0, 32, pixels, np.arange(60, 120), AUG_OPTIONS) == (False, 0, {})
+    layout = recipe.layout_stats(pixels, np.arange(60))
+    assert recipe.choose_augmentation(False, 0, 32, layout, AUG_OPTIONS)[:2] == (True, 3)
+    assert recipe.choose_head_pool("map", layout, {"head_pool"})[0] == "global"
+    layout = recipe.layout_stats(pixels, np.arange(60, 120))
+    assert recipe.choose_augmentation(False, 0, 32, layout, AUG_OPTIONS) == (False, 0, {})
+    assert recipe.choose_head_pool("global", layout, {"head_pool"})[0] == "map"
+
+
+def test_head_pool_follows_the_layout_unless_given():
+    scattered = recipe.layout_stats(scattered_shapes(60), np.arange(60))
+    centred = recipe.layout_stats(centred_upright(60), np.arange(60))
+    pool, why = recipe.choose_head_pool("global", centred, {"head_pool"})
+    assert pool == "map" and "not flat" in why["head_pool"]
+    pool, why = recipe.choose_head_pool("map", scattered, {"head_pool"})
+    assert pool == "global" and "is flat" in why["head_pool"]
+    assert recipe.choose_head_pool("global", centred, set()) == ("global", {})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -393,8 +408,14 @@ def test_a_run_with_only_data_follows_the_images(dataset, tmp_path):
     run = train_cnn("--data", dataset, "--runs-dir", tmp_path, "--name", "auto", "--epochs", 1, *QUICK)
     info, config = read(run, "run.json"), read(run, "config.json")
     assert info["img_size"] == 16 and config["img_size"] == 16 and info["img_size_from"] == "images"
-    assert set(info["recipe"]) == {"img_size", "batch_size", "lr"}  # --epochs was given
+    assert set(info["recipe"]) == {"img_size", "batch_size", "lr", "head_pool"}  # --epochs was given
     assert "16 px" in info["recipe"]["img_size"] and "54 training images" in info["recipe"]["batch_size"]
+    # write_dataset's shapes sit in the middle: the dense layers see the last map, as the checkpoint records.
+    assert config["head_pool"] == "map" and "not flat" in info["recipe"]["head_pool"]
+    best = checkpoint.load_checkpoint(run / "best.pt")
+    assert best["spec"]["model_options"] == {"head_pool": "map"}
+    model = checkpoint.model_from_checkpoint(best)
+    assert isinstance(model.pool, torch.nn.Flatten) and model.head[0].in_features == 128 * 4 * 4
     assert config["batch_size"] == 16 and config["epochs"] == 1
     script_lr = importlib.import_module("train_cnn").DEFAULTS["lr"]
     assert config["lr"] == pytest.approx(script_lr * math.sqrt(16 / 128), rel=5e-3)
@@ -404,10 +425,11 @@ def test_a_run_with_only_data_follows_the_images(dataset, tmp_path):
 
 def test_given_flags_are_kept_as_given(dataset, tmp_path):
     run = train_cnn("--data", dataset, "--runs-dir", tmp_path, "--name", "given", "--epochs", 1, "--img-size", 24,
-                    "--batch-size", 32, "--lr", 0.01, *QUICK)
+                    "--batch-size", 32, "--lr", 0.01, "--head-pool", "global", *QUICK)
     info, config = read(run, "run.json"), read(run, "config.json")
     assert (config["img_size"], config["batch_size"], config["lr"], config["epochs"]) == (24, 32, 0.01, 1)
-    assert not {"img_size", "batch_size", "lr", "epochs"} & set(info.get("recipe", {}))
+    assert config["head_pool"] == "global"
+    assert not {"img_size", "batch_size", "lr", "epochs", "head_pool"} & set(info.get("recipe", {}))
     assert info["img_size_from"] == "flag" and info["img_size"] == 24
 
 
@@ -424,6 +446,36 @@ def test_time_budget_plans_the_epochs(dataset, tmp_path, monkeypatch):
     assert planned and int(planned.group(1)) >= 1, why
     assert config["epochs"] == info["epochs"] == info["epochs_done"] == 1 and info["status"] == "finished"
     assert config["batch_size"] == 16  # the batch still follows the data
+
+
+def test_head_pool_of_another_architecture_is_refused(dataset, tmp_path):
+    script = importlib.import_module("train_resnet")
+    with pytest.raises(SystemExit) as stop:
+        trainer.main("resnet", ["--data", str(dataset), "--runs-dir", str(tmp_path), "--name", "rn", "--head-pool",
+                                "map", *map(str, QUICK)], **script.DEFAULTS)
+    message = str(stop.value.code)
+    assert message.startswith("error: --head-pool map:") and "cnn only" in message, message
+    assert not (tmp_path / "rn").exists()
+
+
+def test_cpu_caps_the_added_epochs_at_what_fits_never_below_the_scripts(dataset, tmp_path, monkeypatch):
+    # 54 images give 3 steps an epoch: the recipe raises the script's epochs to 300 (its most); with 10 minutes
+    # already spent after epoch 2, none of the added ones fit, so the run trains the script's own.
+    monkeypatch.setattr(trainer, "seconds_since_start", lambda: 600.0)
+    run = train_cnn("--data", dataset, "--runs-dir", tmp_path, "--name", "capped", *QUICK)
+    info, config = read(run, "run.json"), read(run, "config.json")
+    script_epochs = importlib.import_module("train_cnn").DEFAULTS["epochs"]
+    assert config["epochs"] == info["epochs"] == info["epochs_done"] == script_epochs and info["status"] == "finished"
+    why = info["recipe"]["epochs"]
+    assert why.startswith(f"{script_epochs} epochs: the {recipe.MAX_AUTO_EPOCHS} raised for small data") and \
+        f"fits {recipe.CPU_ADDED_EPOCHS_MINUTES:g} minutes" in why, why
+
+
+def test_added_epochs_that_fit_are_kept():
+    assert recipe.cap_added_epochs(9, 30, 2, 10.0, 40, 9) == (40, None)  # 38 more take 380 of the 510 s left
+    epochs, why = recipe.cap_added_epochs(9, 30, 2, 30.0, 40, 9)  # 510 s * 0.92 hold 15 more
+    assert epochs == 17 and "about 20 minutes" in why and "epoch 2 took 30.0 s" in why
+    assert recipe.cap_added_epochs(9, 30, 2, 100.0, 40, 9)[0] == 9  # never below the script's
 
 
 def test_time_budget_with_epochs_is_refused(dataset, tmp_path):
@@ -446,4 +498,5 @@ def test_resuming_keeps_the_chosen_values(dataset, tmp_path):
     assert config["epochs"] == 2 and info["epochs_done"] == 2
     assert {k: config[k] for k in ("img_size", "batch_size", "lr")} == {k: first[k] for k in ("img_size", "batch_size",
                                                                                                "lr")}
-    assert set(info["recipe"]) == {"img_size", "batch_size", "lr"}  # the new run's reasons stay on record
+    assert set(info["recipe"]) == {"img_size", "batch_size", "lr", "head_pool"}  # the new run's reasons stay on record
+    assert config["head_pool"] == first["head_pool"] == "map"
