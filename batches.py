@@ -366,10 +366,15 @@ def to_float(x: torch.Tensor) -> torch.Tensor:
     return x.float().div_(255.0)
 
 
-def tta_views(x: torch.Tensor, hflip: bool) -> list[torch.Tensor]:
-    """Test-time views of a batch: itself, and its mirror image when the model was trained with flips
-    (a view it never saw would only add noise)."""
-    return [x, x.flip(3)] if hflip else [x]
+def tta_views(x: torch.Tensor, hflip: bool, dihedral: bool = False) -> list[torch.Tensor]:
+    """Test-time views of a batch, those the model was trained with (a view it never saw would only add noise):
+    itself, its mirror image with `hflip`, and with `dihedral` (`Augment.dihedral`) its vertical flip and
+    transposes: 4 orientations, all 8 with `hflip` too."""
+    views = [x, x.flip(3)] if hflip else [x]  # in `Augment`'s order: mirror, vertical flip, transpose
+    if dihedral:
+        views = [f for v in views for f in (v, v.flip(2))]
+        views = [t for v in views for t in (v, v.transpose(2, 3))] if x.shape[2] == x.shape[3] else views
+    return views
 
 
 def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:

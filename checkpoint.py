@@ -57,6 +57,7 @@ class ModelSpec:
     thresholds: list[float] | None = None
     # The architecture's own options it was built with (the CNN's head_pool); {}: its builder's defaults.
     model_options: dict = field(default_factory=dict)
+    dihedral: bool = False  # trained in other orientations too (--dihedral): test-time augmentation may turn images
 
     def build(self) -> nn.Module:
         return build_model(self.arch, len(self.class_names), self.channels, self.img_size, **self.model_options)
@@ -141,7 +142,9 @@ def _from_version_1(old: dict) -> dict:
     spec = ModelSpec(arch=old["arch"], class_names=list(old["class_names"]), img_size=old["img_size"],
                      channels=old["channels"], mean=old["mean"] if old.get("normalize", True) else None,
                      std=old["std"] if old.get("normalize", True) else None,
-                     compute=ComputeFormat(**old.get("mode", {})), hflip=bool(config.get("hflip", False)))
+                     compute=ComputeFormat(**old.get("mode", {})), hflip=bool(config.get("hflip", False)),
+                     model_options={k: config[k] for k, arch in MODEL_OPTIONS.items() if arch == old["arch"] and k in config},
+                     dihedral=bool(config.get("dihedral", False)))
     training_keys = ("optimizer", "scaler", "step", "partial", "rng", "cuda_rng", "train_model")
     training = {k: old[k] for k in training_keys if k in old} if "optimizer" in old else None
     return make_checkpoint(spec, old["model"], config, old.get("epoch", 0), old.get("history", []),
@@ -230,7 +233,7 @@ def _format_problems(spec: dict, channels: int | None) -> list[str]:
         except (TypeError, KeyError, AttributeError):
             problems.append(f"compute format {_shown(compute)}: expected a precision of fp32, bf16 or fp16 and "
                             "channels_last true or false")
-    for key in ("hflip", "multi_label"):
+    for key in ("hflip", "multi_label", "dihedral"):
         if key in spec and not isinstance(spec[key], bool):
             problems.append(f"{key} {_shown(spec[key])}: expected true or false")
     options = spec.get("model_options", {})

@@ -24,10 +24,11 @@ from runtime import no_autotune
 @torch.no_grad()
 def infer(model: nn.Module, pixels, indices: np.ndarray, preprocess: data.Preprocess, compute: ComputeFormat,
           device: torch.device, batch_size: int, tta: bool = False, rank: int = 0, world_size: int = 1,
-          multi_label: bool = False):
+          multi_label: bool = False, turns: bool = False):
     """Yield (indices, log-probabilities) per batch of the images `indices` of `pixels`, both on `device`: the
     log of the softmax (with `multi_label`: of each class's own sigmoid) averaged over the views of
-    `data.tta_views` (the image and, with `tta`, its mirror), in float32. Each of `world_size` processes takes
+    `data.tta_views` (the image and, with `tta`, its mirror; with `turns`, its flips and right-angle turns), in
+    float32. Each of `world_size` processes takes
     its share of every batch (`rank`), which may be empty. Log-probabilities rather than probabilities: the loss
     of a confident mistake stays finite."""
     model.eval()
@@ -35,7 +36,7 @@ def infer(model: nn.Module, pixels, indices: np.ndarray, preprocess: data.Prepro
         for x, idx in data.batches(pixels, None, indices, batch_size, device, rank=rank, world_size=world_size):
             if len(idx) == 0:
                 continue
-            views = data.tta_views(x, tta)
+            views = data.tta_views(x, tta, turns)
             log_probs = []
             for view in views:
                 with compute.autocast(device):
@@ -54,12 +55,13 @@ def log_probabilities(logits: torch.Tensor, multi_label: bool = False) -> torch.
 
 
 def predict_probs(model: nn.Module, pixels, preprocess: data.Preprocess, compute: ComputeFormat,
-                  device: torch.device, batch_size: int, tta: bool = False, multi_label: bool = False) -> np.ndarray:
+                  device: torch.device, batch_size: int, tta: bool = False, multi_label: bool = False,
+                  turns: bool = False) -> np.ndarray:
     """Probabilities (N, classes), float64 on the host, of every image of `pixels`, in their order: rows of a
-    softmax, or (`multi_label`) each class's sigmoid."""
+    softmax, or (`multi_label`) each class's sigmoid; averaged over the views of `infer` (`tta`, `turns`)."""
     out = None
     for idx, log_probs in infer(model, pixels, np.arange(len(pixels)), preprocess, compute, device, batch_size, tta,
-                                multi_label=multi_label):
+                                multi_label=multi_label, turns=turns):
         if out is None:
             out = np.zeros((len(pixels), log_probs.shape[1]), dtype=np.float64)
         out[idx.cpu().numpy()] = log_probs.double().exp().cpu().numpy()  # in float64: near 1, float32 would tie

@@ -98,8 +98,8 @@ class Predictor:
 
     @property
     def has_tta(self) -> bool:
-        """--tta adds mirrored images only for models trained with flips."""
-        return self.spec.hflip
+        """--tta adds the views a model was trained with: mirrored images (flips), other orientations (--dihedral)."""
+        return self.spec.hflip or self.spec.dihedral
 
     @property
     def class_names(self) -> list[str]:
@@ -157,10 +157,10 @@ class ImageCache:
 
 def model_probs(p: Predictor, pixels: np.ndarray, device: torch.device, batch_size: int, tta: bool) -> np.ndarray:
     """Probabilities (N, classes) of one model (softmax, or a multi-label model's sigmoids), averaged over the
-    TTA views (with `tta`, for a model trained with flips); batched, in the precision and memory format the
-    model was trained with."""
+    TTA views (with `tta`: those of the model's training augmentation, `Predictor.has_tta`); batched, in the
+    precision and memory format the model was trained with."""
     out = inference.predict_probs(p.model, pixels, p.spec.preprocess(), p.spec.compute, device, batch_size,
-                                  tta and p.has_tta, multi_label=p.multi_label)
+                                  tta and p.spec.hflip, multi_label=p.multi_label, turns=tta and p.spec.dihedral)
     if not np.isfinite(out).all():
         raise DataError(f"{p.path} gives NaN or infinite probabilities for {int((~np.isfinite(out).all(1)).sum())} "
                         "image(s): the model is broken (a diverged run?); no submission was written")
@@ -451,8 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the test images' folder (in --data, or from here; default: the run's --test-dir, else "
                              "test/, else test_images/)")
     parser.add_argument("--out", default=None, help="submission file to write (default: submission.csv)")
-    parser.add_argument("--tta", action="store_true", help="average with horizontally flipped images "
-                                                            "(models trained with flips)")
+    parser.add_argument("--tta", action="store_true", help="average over the views each model was trained with: "
+                                                            "horizontally flipped images (flips) and, for models "
+                                                            "trained with --dihedral, all their orientations")
     parser.add_argument("--submission", default="auto", choices=["auto", *SHAPES],
                         help="what the submission holds after the id (default: what the sample, the model and the "
                              "metric ask for): the class, one probability per class, the positive class's "

@@ -619,7 +619,7 @@ def prepare_session(config: TrainConfig, rt: Runtime, run_dir: Path | None = Non
     model.to(memory_format=compute.memory_format)
     spec = ModelSpec(config.arch, list(train_data.class_names), config.img_size, channels, mean, std, compute,
                      config.hflip, train_data.multi_label, resume["spec"].get("thresholds") if resume else None,
-                     model_options(config))
+                     model_options(config), config.dihedral)
     if config.time_budget and not resume:
         config, reasons = plan_budget(config, rt, choice, model, train_data, data.Preprocess(mean, std), reasons)
     s = assemble_session(config, rt, run_dir, train_data, spec, model, key)

@@ -793,6 +793,26 @@ def test_dihedral_gives_all_eight_orientations_exactly():
     assert torch.equal(data.Augment(hflip=False, dihedral=False)(x), x)
 
 
+def _orientations(x: torch.Tensor, mirrored: bool) -> list[torch.Tensor]:
+    turned = [torch.rot90(x, k, (2, 3)) for k in range(4)]
+    return turned + [t.flip(3) for t in turned] if mirrored else turned
+
+
+@pytest.mark.parametrize("hflip,count", [(True, 8), (False, 4)])
+def test_tta_views_are_the_orientations_training_showed(hflip, count):
+    x = torch.arange(16.0).reshape(1, 1, 4, 4)  # no two orientations alike
+    views = data.tta_views(x, hflip, dihedral=True)
+    assert len(views) == count and views[0] is x
+    assert len({tuple(v.flatten().tolist()) for v in views}) == count  # all different
+    # Each is one of the 8 orientations; training's dihedral without flips (vertical flips, transposes) gives 4.
+    every = {tuple(v.flatten().tolist()) for v in _orientations(x, True)}
+    assert {tuple(v.flatten().tolist()) for v in views} <= every
+    torch.manual_seed(0)
+    trained = {tuple(img.flatten().tolist()) for img in data.Augment(hflip=hflip, dihedral=True)(x.repeat(200, 1, 1, 1))}
+    assert trained == {tuple(v.flatten().tolist()) for v in views}
+    assert [v.shape for v in data.tta_views(x, hflip)] == [x.shape] * (2 if hflip else 1)
+
+
 def test_shifts_fill_the_edges_with_the_image_mirrored_not_black():
     # A black band's straight edges and corner look like shapes' features: a CNN on objects placed at random learnt
     # them from every shifted image (bench/competitions.py objects, --translate 3: 69% test accuracy with black edges).
