@@ -23,7 +23,7 @@ from pathlib import Path
 import common
 
 BENCHMARKS = ["input_pipeline", "train_step", "time_to_accuracy", "predict_speed", "memory", "compile_step",
-              "cache_check", "large_images"]
+              "cache_check", "large_images", "recipes"]
 
 
 def results_dir(out: Path) -> Path:
