@@ -296,7 +296,7 @@ def budget_epochs(budget_s: float, elapsed_s: float, step_s: float, steps: int, 
 
 
 # On a CPU, the epochs a new run's recipe adds for small data (`choose_epochs`) stop at what fits this many minutes
-# from the process's start, measured on its first epoch; never below the script's own epochs. (ResNet-18's 1000
+# from the process's start, measured on its second epoch; never below the script's own epochs. (ResNet-18's 1000
 # steps at 32 px take 7-8 minutes on an AVX-512/AMX CPU and about 3x that on an AVX2-only one.)
 CPU_ADDED_EPOCHS_MINUTES = 9.0
 

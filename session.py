@@ -198,7 +198,7 @@ class Session:
     dataset_key: str = ""  # fingerprint of the training files and labels (`dataset_key`)
     schedule_change: dict | None = None  # the part a resume that changed --epochs added (`resumed_schedule`)
     recipe: dict = field(default_factory=dict)  # option -> why a new run took the value it did (recipe.py)
-    # A new run on a CPU whose epochs the recipe raised for small data: (minutes, the script's epochs): after epoch 1
+    # A new run on a CPU whose epochs the recipe raised for small data: (minutes, the script's epochs): after epoch 2
     # the added epochs stop at what fits the minutes (recipe.cap_added_epochs).
     epoch_cap: tuple[float, int] | None = None
 
