@@ -239,8 +239,7 @@ def _format_problems(spec: dict, channels: int | None) -> list[str]:
     options = spec.get("model_options", {})
     if not (isinstance(options, dict) and all(isinstance(k, str) for k in options)):
         problems.append(f"model options {_shown(options)}: expected a mapping of the architecture's options")
-    elif any(MODEL_OPTIONS.get(k) != spec.get("arch") for k in options):
-        others = [k for k in options if MODEL_OPTIONS.get(k) != spec.get("arch")]
+    elif others := [k for k in options if MODEL_OPTIONS.get(k) != spec.get("arch")]:
         problems.append(f"model option(s) {', '.join(map(repr, others))} are not options of {spec.get('arch')!r}")
     thresholds, names = spec.get("thresholds"), spec.get("class_names")
     if thresholds is not None and not (isinstance(thresholds, list) and all(_is_number(t) and 0 <= t <= 1
